@@ -1,0 +1,164 @@
+"""The decomposition: hand-computed toy networks and the completeness identity."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from tests.nets import perturb, small_cnn
+from tgrad.decompose import (
+    NotDecomposableError,
+    bias_of,
+    completeness_tolerance,
+    decompose,
+)
+
+
+def by_name(dec):
+    return {t.name: t for t in dec.terms}
+
+
+def test_two_layer_relu_network_by_hand():
+    # y = w2 . relu(W1 x + b1) + b2 with x = (1, 2):
+    # z1 = (1-2+0.5, 2+2-1) = (-0.5, 3), relu -> (0, 3), y = 2*3 + 0.25 = 6.25
+    # dy/dz1 = (0, 2), dy/dx = W1^T (0, 2) = (4, 2)
+    # input term 1*4 + 2*2 = 8; first bias 0.5*0 + (-1)*2 = -2; last bias 0.25
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
+        model[0].bias.copy_(torch.tensor([0.5, -1.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model[2].bias.copy_(torch.tensor([0.25]))
+    x = torch.tensor([[1.0, 2.0]])
+    dec = decompose(model, x, target=0)
+    terms = by_name(dec)
+    assert dec.logit.item() == pytest.approx(6.25)
+    assert terms["input"].total.item() == pytest.approx(8.0)
+    assert terms["0"].total.item() == pytest.approx(-2.0)
+    assert terms["2"].total.item() == pytest.approx(0.25)
+    assert torch.equal(terms["input"].contribution, torch.tensor([[4.0, 4.0]]))
+    assert abs(dec.gap.item()) < 1e-6
+
+
+def test_relu6_saturation_is_a_bias_merged_into_its_layer():
+    # z = 2x + 1 = 9 for x = 4: saturated, so y = 3 * 6 = 18 comes entirely from the
+    # constant 6 (dy/dx = 0 and the Linear bias' gradient is 0).
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU6(), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(1.0)
+        model[2].weight.fill_(3.0)
+    dec = decompose(model, torch.tensor([[4.0], [1.0]]), target=0)
+    terms = by_name(dec)
+    assert list(terms) == ["input", "0"]  # ReLU6's term joined the Linear's
+    assert terms["0"].kind == "Linear+ReLU6"
+    # x = 4: 6 * 3 = 18 from the saturation; x = 1: z = 3, unsaturated: bias 1 * 3 = 3
+    assert terms["0"].total.tolist() == pytest.approx([18.0, 3.0])
+    assert terms["input"].total.tolist() == pytest.approx([0.0, 6.0])
+    assert dec.logit.tolist() == pytest.approx([18.0, 9.0])
+
+
+def test_hardtanh_low_saturation_without_a_biased_producer():
+    # Hardtanh(-1, 1) fed by a bias-free Linear: a term of its own, -1 where z <= -1.
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Hardtanh(-1.0, 1.0), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        model[2].weight.copy_(torch.tensor([[5.0, 7.0]]))
+        model[2].bias.zero_()
+    # x = (-3, 0.5): unit 0 saturates low (-1), unit 1 linear. y = -5 + 3.5 = -1.5
+    dec = decompose(model, torch.tensor([[-3.0, 0.5]]), target=0)
+    terms = by_name(dec)
+    assert terms["1"].kind == "Hardtanh"
+    assert terms["1"].total.item() == pytest.approx(-5.0)
+    assert terms["input"].total.item() == pytest.approx(3.5)
+    assert dec.logit.item() == pytest.approx(-1.5)
+
+
+def test_batchnorm_bias_is_the_folded_shift():
+    bn = nn.BatchNorm2d(2).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25]))
+        bn.weight.copy_(torch.tensor([2.0, 3.0]))
+        bn.bias.copy_(torch.tensor([0.5, 0.0]))
+    eps = bn.eps
+    expected = torch.tensor([0.5 - 2.0 * 1.0 / (4.0 + eps) ** 0.5, 3.0 * 2.0 / (0.25 + eps) ** 0.5])
+    assert torch.allclose(bias_of(bn), expected)
+    x = torch.randn(3, 2, 4, 4)
+    # the folded affine map reproduces BatchNorm exactly
+    scale = bn.weight / torch.sqrt(bn.running_var + eps)
+    assert torch.allclose(bn(x), x * scale[:, None, None] + expected[:, None, None], atol=1e-6)
+
+
+def test_saturation_matters_in_the_small_cnn():
+    model = small_cnn()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    dec = decompose(model, x)
+    assert (dec.gap.abs() <= completeness_tolerance(dec.logit)).all()
+    # the BN term alone (without the saturated constants) misses a real part of y
+    grads = {c.name: c for c in dec.record.calls}
+    bn_only = (bias_of(model.bn2).view(1, -1, 1, 1) * grads["bn2"].grad).flatten(1).sum(1)
+    assert (by_name(dec)["bn2"].total - bn_only).abs().max() > 0.1
+
+
+@pytest.mark.parametrize(
+    "name", ["vgg16", "resnet50", "densenet121", "alexnet", "mobilenet_v2"]
+)
+def test_completeness_torchvision(name):
+    torch.manual_seed(0)
+    model = perturb(getattr(torchvision.models, name)(weights=None))
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    dec = decompose(model, x, target=[1, 2, 3, 4])
+    assert (dec.gap.abs() <= completeness_tolerance(dec.logit)).all(), dec.gap
+    # the bias terms are a real part of the logit, not a rounding error
+    bias = torch.stack([t.total for t in dec.terms[1:]]).sum(0)
+    assert bias.abs().min() > 1e-3
+
+
+class Swishy(nn.Module):
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = act
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU()])
+def test_refuses_non_piecewise_linear_modules_by_name(act):
+    with pytest.raises(NotDecomposableError, match=rf"act \({type(act).__name__}\)"):
+        decompose(Swishy(act).eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_refuses_training_mode_batchnorm():
+    with pytest.raises(NotDecomposableError, match=r"bn2 \(BatchNorm2d\): in training mode"):
+        decompose(small_cnn().train(), torch.randn(2, 3, 16, 16))
+
+
+class FunctionalSilu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.silu(self.conv(x)).mean((2, 3)))
+
+
+def test_hidden_functional_nonlinearity_is_caught_by_the_gap():
+    torch.manual_seed(0)
+    model = FunctionalSilu().eval()
+    x = torch.randn(2, 3, 8, 8) * 3
+    with pytest.raises(NotDecomposableError, match="completeness gap"):
+        decompose(model, x)
+    dec = decompose(model, x, strict=False)  # opt-in: terms plus the measured gap
+    assert (dec.gap.abs() > completeness_tolerance(dec.logit)).any()
+
+
+def test_non_strict_reports_gap_for_gelu():
+    torch.manual_seed(0)
+    dec = decompose(Swishy(nn.GELU()).eval(), torch.randn(2, 3, 8, 8) * 3, strict=False)
+    assert dec.gap.abs().max() > 1e-3

@@ -1,0 +1,153 @@
+"""T-Grad (the paper's formula 8) and its per-layer maps (SPEC section 2).
+
+For the input term and every spatial bias term ``C_t`` [B,C,h,w]:
+
+    S_t     = sum over channels of ReLU(C_t)      # the layer's map [B,h,w]
+    score_t = ReLU(sum of all elements of C_t)    # its positive share of the logit [B]
+    T-Grad  = sum over t of phi(S_t) * score_t
+
+with ``phi`` = bilinear upsampling to H x W (align_corners=False), then division by the
+map's sum (a map summing to 0 stays 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tgrad.capture import Target
+from tgrad.decompose import Decomposition, check_decomposable, check_gap, decompose
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling (align_corners=False) of maps [B,h,w] to [B,*size]."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def phi(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """The paper's phi: upsample maps [B,h,w] to ``size``, then make each sum to 1.
+
+    A map that sums to 0 stays 0.
+    """
+    up = upsample(maps, size)
+    total = up.sum((1, 2), keepdim=True)
+    return torch.where(total > 0, up / torch.where(total > 0, total, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class LayerTerm:
+    """One term of the logit: the input, or one layer's bias."""
+
+    name: str
+    """``"input"`` or the qualified name of the module that adds the bias."""
+    kind: str
+    """``"input"`` or the module type(s), e.g. ``"Conv2d"``, ``"BatchNorm2d+ReLU6"``."""
+    contribution: Tensor
+    """Its signed share of the logit [B] (logit units): ``<b_t, dy/dz_t>``."""
+    map: Tensor | None
+    """The layer map ``S_t = sum_c ReLU(C_t)`` [B,h,w] on the layer's own grid, or
+    None for a non-spatial term (a Linear bias)."""
+
+    @property
+    def score(self) -> Tensor:
+        """The term's weight in T-Grad: ``ReLU(contribution)`` [B]."""
+        return self.contribution.clamp(min=0)
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The (h, w) grid of the layer map, or None for a non-spatial term."""
+        return None if self.map is None else (self.map.shape[-2], self.map.shape[-1])
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the term has a map."""
+        return self.map is not None
+
+    def weighted_map(self, size: tuple[int, int]) -> Tensor:
+        """``phi(S_t) * score_t`` [B,*size]: this term's part of the T-Grad saliency."""
+        if self.map is None:
+            raise ValueError(f"{self.name} is not spatial: it has a score but no map")
+        return phi(self.map, size) * self.score[:, None, None]
+
+
+@dataclass(frozen=True)
+class TGradResult:
+    """T-Grad for a batch: the saliency, every term and the logits. All detached."""
+
+    saliency: Tensor
+    """The T-Grad saliency [B,H,W] (logit units per pixel; it sums to the sum of the
+    scores of the spatial terms)."""
+    logits: Tensor
+    """The model's logits [B,K]."""
+    target: Tensor
+    """The explained class of each sample [B]."""
+    terms: tuple[LayerTerm, ...]
+    """The input term first, then every bias term in forward order."""
+
+    @property
+    def logit(self) -> Tensor:
+        """The explained logit y [B]."""
+        return self.logits.gather(1, self.target[:, None])[:, 0]
+
+    @property
+    def gap(self) -> Tensor:
+        """The completeness gap ``y - sum of all terms`` [B]."""
+        total = torch.stack([t.contribution.double() for t in self.terms]).sum(0)
+        return (self.logit.double() - total).to(self.logit.dtype)
+
+    @property
+    def spatial_terms(self) -> tuple[LayerTerm, ...]:
+        """The terms that have a map (input first), as in the paper's Fig. 2."""
+        return tuple(t for t in self.terms if t.spatial)
+
+    def cumulative(self, upto: int) -> Tensor:
+        """The T-Grad saliency built from the first ``upto + 1`` spatial terms [B,H,W]."""
+        size = tuple(self.saliency.shape[-2:])
+        terms = self.spatial_terms[: upto + 1]
+        return torch.stack([t.weighted_map(size) for t in terms]).sum(0)
+
+
+def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
+    """Formula 8 on a decomposition: reduce every term to its map and score, then sum."""
+    size = tuple(dec.record.input.shape[-2:])
+    terms = []
+    for t in dec.terms:
+        layer_map = t.contribution.clamp(min=0).sum(1) if t.spatial else None
+        terms.append(LayerTerm(t.name, t.kind, t.total, layer_map))
+    saliency = torch.stack([t.weighted_map(size) for t in terms if t.spatial]).sum(0)
+    return TGradResult(saliency, dec.record.logits, dec.record.target, tuple(terms))
+
+
+class TGrad:
+    """T-Grad for a classifier with piecewise-linear activations.
+
+    >>> explainer = TGrad(model)            # checks once that the model decomposes
+    >>> result = explainer(x, target=None)  # x: [B,3,H,W] normalised; None = top-1
+
+    Hooks exist only during a call and are always removed, so the model is left as it
+    was and one explainer may be used from several threads at once.
+
+    Args:
+        model: the classifier, in eval mode, returning logits.
+        strict: refuse a model that cannot be decomposed (naming the module and its
+            type), and a result whose completeness gap exceeds ``1e-4 * max(1, |y|)``.
+            With ``strict=False`` the result is returned with its gap.
+    """
+
+    def __init__(self, model: nn.Module, strict: bool = True) -> None:
+        if strict:
+            check_decomposable(model)
+        self.model = model
+        self.strict = strict
+
+    def __call__(self, x: Tensor, target: Target = None) -> TGradResult:
+        """Explain the target logit of each sample of ``x`` [B,C,H,W]."""
+        dec = decompose(self.model, x, target, strict=False)
+        if self.strict:
+            check_gap(dec)
+        return tgrad_from_decomposition(dec)
