@@ -102,9 +102,7 @@ def test_saturation_matters_in_the_small_cnn():
     assert (by_name(dec)["bn2"].total - bn_only).abs().max() > 0.1
 
 
-@pytest.mark.parametrize(
-    "name", ["vgg16", "resnet50", "densenet121", "alexnet", "mobilenet_v2"]
-)
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "densenet121", "alexnet", "mobilenet_v2"])
 def test_completeness_torchvision(name):
     torch.manual_seed(0)
     model = perturb(getattr(torchvision.models, name)(weights=None))

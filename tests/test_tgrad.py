@@ -79,7 +79,7 @@ def tiny_relu_cnn() -> nn.Sequential:
 def assert_matches_reference(result, layers, x):
     saliency, maps, scores = reference_tgrad(layers, x, result.target)
     assert len(result.spatial_terms) == len(maps)
-    for term, s, score in zip(result.spatial_terms, maps, scores):
+    for term, s, score in zip(result.spatial_terms, maps, scores, strict=True):
         torch.testing.assert_close(term.map, s, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(term.score, score, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.saliency, saliency, rtol=1e-4, atol=1e-7)
@@ -124,7 +124,7 @@ def test_batch_equals_one_by_one():
     for i in range(4):
         one = explain(x[i : i + 1], target=i)
         torch.testing.assert_close(one.saliency[0], batch.saliency[i], rtol=1e-5, atol=1e-7)
-        for a, b in zip(one.terms, batch.terms):
+        for a, b in zip(one.terms, batch.terms, strict=True):
             assert a.name == b.name
             torch.testing.assert_close(a.contribution[0], b.contribution[i], rtol=1e-5, atol=1e-6)
             if a.spatial:
@@ -227,7 +227,7 @@ def test_two_threads_get_the_same_answers_as_sequential():
             for _ in range(3):
                 barrier.wait()
                 results[i].append(explain(inputs[i]))
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]

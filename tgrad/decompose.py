@@ -12,6 +12,7 @@ and turns a :class:`~tgrad.capture.Record` into the list of terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -141,10 +142,10 @@ class Term:
         """Whether the term has a map (its output is [B,C,h,w])."""
         return self.contribution.dim() == 4
 
-    @property
+    @cached_property
     def total(self) -> Tensor:
         """The term's share of the logit [B]: the sum of C over all but the batch axis."""
-        return self.contribution.flatten(1).sum(1, dtype=torch.float64).to(self.contribution.dtype)
+        return self.contribution.flatten(1).sum(1)
 
 
 @dataclass
@@ -190,7 +191,7 @@ def terms_from_record(record: Record) -> list[Term]:
             contribution = call.value * call.grad
             host = by_call.get(call.source) if call.source is not None else None
             if host is not None and host.contribution.shape == contribution.shape:
-                host.contribution = host.contribution + contribution
+                host.contribution += contribution  # a fresh tensor of ours
                 host.kind += f"+{type(call.module).__name__}"
                 continue
         else:

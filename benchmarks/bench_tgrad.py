@@ -1,0 +1,67 @@
+"""T-Grad against its physical floor: one plain forward + backward (vanilla gradient).
+
+Both are timed in the same run, interleaved, on the same inputs; the table reports the
+median of each and their ratio (the machine is noisy, ratios are what to compare).
+
+    python benchmarks/bench_tgrad.py                 # VGG-16, ResNet-50, Lite0 at batch 1 and 8
+    python benchmarks/bench_tgrad.py --models resnet50 --batches 1 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from tgrad.models import load_model
+from tgrad.tgrad import TGrad
+
+
+def vanilla_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The floor: forward, then d(top-1 logit)/dx, nothing recorded."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    y = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    return torch.autograd.grad(y, x)[0]
+
+
+def timed(fn, *args, sync=lambda: None) -> float:
+    """Seconds of one call of ``fn(*args)``, device work included."""
+    start = time.perf_counter()
+    fn(*args)
+    sync()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50", "efficientnet_lite0"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    print(f"device: {args.device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"{'model':<20}{'batch':>6}{'fwd+bwd s':>12}{'T-Grad s':>12}{'ratio':>8}")
+    for name in args.models:
+        # weights do not change the arithmetic; random ones need no download
+        model = load_model(name, weights="random", device=args.device).module
+        explain = TGrad(model)
+        for batch in args.batches:
+            x = torch.randn(batch, 3, args.size, args.size, device=args.device)
+            timed(vanilla_gradient, model, x, sync=sync)  # warm-up
+            timed(explain, x, sync=sync)
+            base, ours = [], []
+            for _ in range(args.repeats):  # interleaved, so drifts hit both alike
+                base.append(timed(vanilla_gradient, model, x, sync=sync))
+                ours.append(timed(explain, x, sync=sync))
+            b, o = statistics.median(base), statistics.median(ours)
+            print(f"{name:<20}{batch:>6}{b:>12.3f}{o:>12.3f}{o / b:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""T-Grad: a CNN's logit split exactly into an input term and one bias term per layer.
+
+    from tgrad import TGrad, load_model
+    loaded = load_model("efficientnet_lite0")          # offline, ImageNet weights
+    result = TGrad(loaded.module)(x)                    # x: [B,3,H,W], normalised
+    result.saliency, result.terms, result.gap
+
+The engine knows nothing of any UI: torch in, torch out.
+"""
+
+from tgrad.decompose import Decomposition, NotDecomposableError, decompose
+from tgrad.models import WeightsUnavailableError, load_model
+from tgrad.tgrad import LayerTerm, TGrad, TGradResult
+
+__all__ = [
+    "Decomposition",
+    "LayerTerm",
+    "NotDecomposableError",
+    "TGrad",
+    "TGradResult",
+    "WeightsUnavailableError",
+    "decompose",
+    "load_model",
+]

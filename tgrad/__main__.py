@@ -1,0 +1,7 @@
+"""``python -m tgrad``."""
+
+import sys
+
+from tgrad.cli import main
+
+sys.exit(main())

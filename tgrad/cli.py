@@ -1,0 +1,129 @@
+"""``python -m tgrad``: explain images from the command line.
+
+python -m tgrad explain IMAGE [IMAGE ...] [--model NAME] [--target CLASS] [--out FILE]
+python -m tgrad models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from tgrad.decompose import NotDecomposableError
+from tgrad.images import ImageLoadError, load_image
+from tgrad.labels import find_class, top_k
+from tgrad.models import (
+    DEFAULT_MODEL,
+    MODEL_NAMES,
+    LoadedModel,
+    WeightsUnavailableError,
+    list_models,
+    load_model,
+)
+from tgrad.tgrad import TGrad, TGradResult
+
+
+def decomposition_table(result: TGradResult, sample: int = 0) -> str:
+    """Every term of the logit with its grid, contribution and share, then the gap."""
+    logit = float(result.logit[sample])
+    width = max(len(t.name) for t in result.terms) + 2
+    lines = [f"{'term':<{width}}{'kind':<22}{'grid':>9}{'contribution':>14}{'share':>9}"]
+    for t in result.terms:
+        value = float(t.contribution[sample])
+        grid = f"{t.grid[0]}x{t.grid[1]}" if t.grid else "-"
+        share = f"{100 * value / logit:+.1f}%" if logit else "-"
+        lines.append(f"{t.name:<{width}}{t.kind:<22}{grid:>9}{value:>+14.4f}{share:>9}")
+    total = sum(float(t.contribution[sample]) for t in result.terms)
+    lines.append(
+        f"sum of {len(result.terms)} terms {total:.5f}, logit {logit:.5f}, "
+        f"completeness gap {float(result.gap[sample]):.2e}"
+    )
+    return "\n".join(lines)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.out is not None and len(args.images) > 1:
+        raise ValueError("--out names one file; with several images use --out-dir")
+    loaded: LoadedModel = load_model(args.model, args.weights, device=args.device)
+    target = None if args.target is None else find_class(args.target, loaded.categories)
+    explain = TGrad(loaded.module, strict=not args.allow_gap)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from tgrad import viz  # matplotlib is only needed once there is something to draw
+
+    for path in tqdm(args.images, desc="explaining", unit="image", disable=len(args.images) < 2):
+        x = loaded.preprocessing(load_image(path))[None].to(args.device)
+        result = explain(x, target)
+        print(f"\n{path}: {loaded.name} ({loaded.weights} weights)")
+        for rank, (index, name, prob) in enumerate(top_k(result.logits[0], loaded.categories), 1):
+            print(f"  {rank}. {index:>4} {name:<32}{100 * prob:6.2f}%")
+        cls = int(result.target[0])
+        print(
+            f"explaining class {cls} {loaded.categories[cls]!r}, logit {float(result.logit[0]):.4f}"
+        )
+        print(decomposition_table(result))
+        pixels = loaded.preprocessing.to_pixels(x[0].cpu())
+        overlay_path = Path(args.out) if args.out else out_dir / f"{Path(path).stem}_tgrad.png"
+        strip_path = overlay_path.with_name(overlay_path.stem + "_layers.png")
+        Image.fromarray(viz.overlay(pixels, result.saliency[0].cpu(), args.alpha)).save(
+            overlay_path
+        )
+        fig = viz.layer_strip(result, pixels)
+        fig.savefig(strip_path, dpi=120)
+        print(f"wrote {overlay_path} and {strip_path}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    for name, available, where in list_models():
+        mark = "yes" if available else "no "
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<20}{mark}  {where}{default}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m tgrad``."""
+    parser = argparse.ArgumentParser(prog="python -m tgrad", description="T-Grad explanations")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("explain", help="explain images: top-5, decomposition, overlay, layer maps")
+    ex.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    ex.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    ex.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
+    ex.add_argument("--target", help="class index or name (default: the top-1 class)")
+    ex.add_argument(
+        "--out", help="overlay PNG for a single image (default: OUT_DIR/<stem>_tgrad.png)"
+    )
+    ex.add_argument("--out-dir", default=".", help="folder for the PNGs (default: current)")
+    ex.add_argument("--alpha", type=float, default=0.5, help="opacity of the map over the image")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ex.add_argument(
+        "--allow-gap",
+        action="store_true",
+        help="explain models that do not decompose exactly, reporting the gap",
+    )
+    ex.set_defaults(run=_explain)
+    ls = sub.add_parser("models", help="list the models and whether their weights are available")
+    ls.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; errors a user can fix are printed in one line, exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (
+        ImageLoadError,
+        WeightsUnavailableError,
+        NotDecomposableError,
+        ValueError,
+        FileNotFoundError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,39 @@
+"""Class names: turning logits into a readable top-k and a user's class into an index."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def top_k(logits: Tensor, categories: Sequence[str], k: int = 5) -> list[tuple[int, str, float]]:
+    """The k most probable classes of one sample's logits [K]: (index, name, softmax prob)."""
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [(int(i), categories[int(i)], float(p)) for p, i in zip(values, indices, strict=True)]
+
+
+def find_class(query: str | int, categories: Sequence[str]) -> int:
+    """A class index from an index, an exact name (any case) or a unique part of a name.
+
+    Raises:
+        ValueError: out of range, unknown, or ambiguous (the message lists candidates).
+    """
+    text = str(query).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(categories):
+            raise ValueError(f"class index {index} is out of range 0..{len(categories) - 1}")
+        return index
+    lowered = [c.lower() for c in categories]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    matches = [i for i, c in enumerate(lowered) if text.lower() in c]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"no class named {text!r}; give an index 0..{len(categories) - 1}")
+    shown = ", ".join(f"{i} {categories[i]!r}" for i in matches[:8])
+    raise ValueError(f"{text!r} matches {len(matches)} classes ({shown}); be more precise")

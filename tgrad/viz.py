@@ -1,0 +1,147 @@
+"""Colour maps, overlays and figures: the one place that turns maps into pictures.
+
+Maps come in as torch tensors [h,w] (any scale); pictures go out as ``uint8`` numpy
+arrays [H,W,3] or matplotlib figures. Nothing here computes an explanation. Figures are
+made with matplotlib's object API (``Figure``), not pyplot: no global figure registry to
+leak from in a long-running server, no backend to choose.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+
+from tgrad.tgrad import TGradResult, upsample
+
+DEFAULT_CMAP = "jet"
+
+
+def normalize(saliency: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise a map [h,w] to [0,1]; a constant map becomes all zeros."""
+    lo, hi = saliency.min(), saliency.max()
+    if hi <= lo:
+        return torch.zeros_like(saliency)
+    return (saliency - lo) / (hi - lo)
+
+
+def to_uint8_image(pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """An image [3,H,W] float in [0,1] (or already [H,W,3] uint8) as uint8 [H,W,3]."""
+    if isinstance(pixels, np.ndarray):
+        return pixels.astype(np.uint8)
+    return (pixels.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def colorize(saliency: torch.Tensor, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """A map [h,w], min-max normalised and coloured: uint8 [h,w,3]."""
+    values = normalize(saliency.detach().float()).cpu().numpy()
+    return (matplotlib.colormaps[cmap](values)[..., :3] * 255).round().astype(np.uint8)
+
+
+def overlay(
+    image: torch.Tensor | np.ndarray,
+    saliency: torch.Tensor,
+    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+) -> np.ndarray:
+    """Blend a coloured map over an image: ``(1 - alpha) * image + alpha * colour``.
+
+    Args:
+        image: [3,H,W] float in [0,1], or [H,W,3] uint8.
+        saliency: [h,w]; upsampled bilinearly to the image size if needed.
+        alpha: opacity of the map, 0 (image only) to 1 (map only).
+    Returns:
+        uint8 [H,W,3].
+    """
+    base = to_uint8_image(image)
+    size = base.shape[:2]
+    heat = colorize(upsample(saliency[None].float(), size)[0], cmap)
+    blended = (1 - alpha) * base.astype(np.float32) + alpha * heat.astype(np.float32)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def share_label(result: TGradResult, term_index: int, sample: int = 0) -> str:
+    """``"features.28 (Conv2d, 14x14): +1.23 = 12.3% of the logit"``."""
+    term = result.terms[term_index]
+    value = float(term.contribution[sample])
+    logit = float(result.logit[sample])
+    share = f"{100 * value / logit:+.1f}% of the logit" if logit != 0 else "logit is 0"
+    grid = f", {term.grid[0]}x{term.grid[1]}" if term.grid else ""
+    kind = "" if term.kind == "input" else f" ({term.kind}{grid})"
+    return f"{term.name}{kind}: {value:+.3g} = {share}"
+
+
+def layer_strip(
+    result: TGradResult,
+    image: torch.Tensor | np.ndarray,
+    sample: int = 0,
+    columns: int = 8,
+    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+) -> Figure:
+    """The paper's Fig. 2: every layer map over the image, then the T-Grad aggregate.
+
+    Each panel is titled with the term's name, grid and share of the logit.
+    """
+    terms = result.spatial_terms
+    panels = len(terms) + 1
+    columns = min(columns, panels)
+    rows = -(-panels // columns)
+    fig = Figure(figsize=(2.2 * columns, 2.5 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, term in enumerate(terms):
+        ax = axes.flat[i]
+        ax.imshow(overlay(image, term.map[sample], alpha, cmap))
+        grid = f"{term.grid[0]}x{term.grid[1]}"
+        share = float(term.contribution[sample])
+        ax.set_title(f"{term.name}\n{grid}  {share:+.3g}", fontsize=7)
+    ax = axes.flat[len(terms)]
+    ax.imshow(overlay(image, result.saliency[sample], alpha, cmap))
+    ax.set_title("T-Grad (all layers)", fontsize=8, fontweight="bold")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.05, hspace=0.3)
+    return fig
+
+
+def decomposition_chart(
+    result: TGradResult, sample: int = 0, highlight: str | None = None
+) -> Figure:
+    """One bar per term of the logit (input, each layer, classifier biases).
+
+    Bars of non-spatial terms are hatched; the term named ``highlight`` is drawn in
+    orange. The title gives the logit and the completeness gap.
+    """
+    names = [t.name for t in result.terms]
+    values = [float(t.contribution[sample]) for t in result.terms]
+    colors = [
+        "tab:orange" if n == highlight else ("tab:blue" if v >= 0 else "tab:red")
+        for n, v in zip(names, values, strict=True)
+    ]
+    fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 3.2))
+    ax = fig.subplots()
+    bars = ax.bar(range(len(names)), values, color=colors)
+    for bar, term in zip(bars, result.terms, strict=True):
+        if not term.spatial:
+            bar.set_hatch("//")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("contribution to the logit")
+    ax.set_title(
+        f"logit {float(result.logit[sample]):.4g} = sum of {len(names)} terms "
+        f"(gap {float(result.gap[sample]):.1e})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def colorbar(cmap: str = DEFAULT_CMAP, label: str = "relative saliency") -> Figure:
+    """A horizontal colour bar from 0 (low) to 1 (high) for the overlays."""
+    fig = Figure(figsize=(4, 0.6))
+    ax = fig.subplots()
+    fig.colorbar(ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=label)
+    fig.tight_layout()
+    return fig
