@@ -1,0 +1,75 @@
+"""The command line: numbers printed, files written, errors in one line."""
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tgrad.cli import main
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def test_explain_prints_top5_and_a_complete_decomposition(tmp_path, capsys):
+    out = tmp_path / "coffee.png"
+    assert main(["explain", str(ASSETS / "coffee.jpg"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"1\.\s+967 espresso", text)
+    contributions = [
+        float(v) for v in re.findall(r"^\S+\s+\S+\s+\S+\s+([+-]\d+\.\d+)\s", text, re.M)
+    ]
+    logit = float(re.search(r"logit (-?\d+\.\d+)\n", text).group(1))
+    assert len(contributions) == 51  # input + 49 layers + the classifier bias
+    assert sum(contributions) == pytest.approx(logit, abs=51 * 1e-4)  # 4-decimal rounding
+    gap = float(re.search(r"completeness gap (\S+)", text).group(1))
+    assert abs(gap) < 1e-4 * max(1.0, abs(logit))
+    assert Image.open(out).size == (224, 224)
+    strip = Image.open(tmp_path / "coffee_layers.png")
+    assert strip.size[0] > 1000  # 8 panels per row
+
+
+def test_target_by_name(tmp_path, capsys):
+    code = main(
+        [
+            "explain",
+            str(ASSETS / "coffee.jpg"),
+            "--target",
+            "coffee mug",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert "explaining class 504 'coffee mug'" in capsys.readouterr().out
+    assert (tmp_path / "coffee_tgrad.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet50"], "No pretrained weights for 'resnet50'"),
+        (["--target", "dog"], "matches"),
+        (["--target", "1000"], "out of range"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, args, message):
+    code = main(["explain", str(ASSETS / "coffee.jpg"), "--out-dir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_not_an_image(tmp_path, capsys):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a photo")
+    assert main(["explain", str(fake), "--out-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_models_lists_availability(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"efficientnet_lite0\s+yes", lines[0])
+    assert len(lines) == 8
