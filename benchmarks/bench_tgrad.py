@@ -15,16 +15,22 @@ import time
 
 import torch
 
+from tgrad.capture import exact_float32
 from tgrad.models import load_model
 from tgrad.tgrad import TGrad
 
 
 def vanilla_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The floor: forward, then d(top-1 logit)/dx, nothing recorded."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    y = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-    return torch.autograd.grad(y, x)[0]
+    """The floor: forward, then d(top-1 logit)/dx, nothing recorded.
+
+    In the same float32 precision as T-Grad's pass (TF32 off on CUDA), so that the
+    ratio measures T-Grad's own work, not a change of arithmetic.
+    """
+    with exact_float32(x.device):
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        y = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        return torch.autograd.grad(y, x)[0]
 
 
 def timed(fn, *args, sync=lambda: None) -> float:

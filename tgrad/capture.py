@@ -15,6 +15,9 @@ How gradients are recorded, and why:
   hooks are not used.
 * The backward pass is ``torch.autograd.grad(y, x)``: no ``.grad`` of any parameter
   is touched and no weight gradient is computed.
+* On CUDA the pass runs in true float32 (TF32 off for convolutions and matmuls, restored
+  afterwards): TF32 rounds the forward and backward differently and breaks completeness
+  by up to 5e-4 of the logit (measured on an H200: ``benchmarks/gpu_precision.py``).
 * Hooks are registered per call and removed in ``finally``, so none survives an
   exception, and none exists between calls. A hook ignores forwards run by other
   threads, so several threads may explain with one model at the same time.
@@ -23,7 +26,8 @@ How gradients are recorded, and why:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -93,6 +97,37 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
     return t
 
 
+_precision_lock = threading.Lock()
+_precision_users = 0
+_saved_tf32: tuple[bool, bool] = (False, False)
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Turn TF32 off for CUDA convolutions and matmuls while the block runs.
+
+    The flags are process-wide, so overlapping users (threads) are counted: the first
+    one in saves and clears them, the last one out restores them. A no-op off CUDA.
+    """
+    global _precision_users, _saved_tf32
+    if device.type != "cuda":
+        yield
+        return
+    with _precision_lock:
+        if _precision_users == 0:
+            _saved_tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _precision_users += 1
+    try:
+        yield
+    finally:
+        with _precision_lock:
+            _precision_users -= 1
+            if _precision_users == 0:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _saved_tf32
+
+
 def capture(
     model: nn.Module,
     x: Tensor,
@@ -143,7 +178,7 @@ def capture(
 
     handles = [m.register_forward_hook(on_forward) for m in names]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_float32(x.device):
             x_in = x.detach().requires_grad_(True)
             logits = model(x_in)
             if logits.dim() != 2:

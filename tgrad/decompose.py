@@ -107,12 +107,11 @@ def saturation(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
     """The constant part of a Hardtanh/ReLU6 output: ``max`` where saturated high,
     ``min`` where saturated low, 0 elsewhere (the units where the gradient is 0).
 
-    Computed from the output, which equals the input where the unit is linear, so it
+    Computed from the output (a saturated unit holds exactly ``min`` or ``max``), so it
     is right for in-place activations too.
     """
-    const = torch.zeros_like(output)
-    const = torch.where(output >= module.max_val, module.max_val, const)
-    return torch.where(output <= module.min_val, module.min_val, const)
+    linear = (output > module.min_val) & (output < module.max_val)
+    return output.masked_fill(linear, 0)
 
 
 def bias_watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
@@ -121,7 +120,7 @@ def bias_watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
     for m in model.modules():
         if isinstance(m, SATURATING):
             watch[m] = saturation
-        elif isinstance(m, BIASED) and bias_of(m) is not None:
+        elif isinstance(m, _BatchNorm) or (isinstance(m, BIASED) and m.bias is not None):
             watch[m] = None
     return watch
 
@@ -163,7 +162,7 @@ class Decomposition:
     @property
     def gap(self) -> Tensor:
         """``y - sum of all terms`` [B]; zero up to float rounding for supported models."""
-        total = torch.stack([t.total.double() for t in self.terms]).sum(0)
+        total = torch.stack([t.total for t in self.terms]).double().sum(0)
         return (self.logit.double() - total).to(self.logit.dtype)
 
 

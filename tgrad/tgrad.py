@@ -97,7 +97,7 @@ class TGradResult:
     @property
     def gap(self) -> Tensor:
         """The completeness gap ``y - sum of all terms`` [B]."""
-        total = torch.stack([t.contribution.double() for t in self.terms]).sum(0)
+        total = torch.stack([t.contribution for t in self.terms]).double().sum(0)
         return (self.logit.double() - total).to(self.logit.dtype)
 
     @property
@@ -113,13 +113,27 @@ class TGradResult:
 
 
 def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
-    """Formula 8 on a decomposition: reduce every term to its map and score, then sum."""
+    """Formula 8 on a decomposition: reduce every term to its map and score, then sum.
+
+    Maps that share a grid are upsampled together, one interpolation per grid size
+    (Lite0 has 50 maps on 5 grids), which keeps the kernel count low on a GPU.
+    """
     size = tuple(dec.record.input.shape[-2:])
     terms = []
     for t in dec.terms:
         layer_map = t.contribution.clamp(min=0).sum(1) if t.spatial else None
         terms.append(LayerTerm(t.name, t.kind, t.total, layer_map))
-    saliency = torch.stack([t.weighted_map(size) for t in terms if t.spatial]).sum(0)
+    by_grid: dict[tuple[int, int], list[LayerTerm]] = {}
+    for t in terms:
+        if t.spatial:
+            by_grid.setdefault(t.grid, []).append(t)
+    saliency = torch.zeros(dec.record.input.shape[0], *size, device=dec.record.input.device)
+    for group in by_grid.values():
+        maps = torch.stack([t.map for t in group], 1)  # [B,T,h,w]
+        scores = torch.stack([t.score for t in group], 1)  # [B,T]
+        b, n, h, w = maps.shape
+        weighted = phi(maps.reshape(b * n, h, w), size).reshape(b, n, *size)
+        saliency += (weighted * scores[:, :, None, None]).sum(1)
     return TGradResult(saliency, dec.record.logits, dec.record.target, tuple(terms))
 
 
