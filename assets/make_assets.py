@@ -3,7 +3,7 @@
 Only images that ship inside the scikit-image wheel are used (no download). Their
 sources and licences are in assets/LICENSES.md. Run from anywhere:
 
-    python assets/make_assets.py
+    pip install scikit-image==0.26.0 && python assets/make_assets.py
 """
 
 from pathlib import Path
