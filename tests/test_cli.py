@@ -73,3 +73,11 @@ def test_models_lists_availability(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert re.match(r"efficientnet_lite0\s+yes", lines[0])
     assert len(lines) == 8
+
+
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    code = main(["explain", str(ASSETS / "coffee.jpg"), "--out-dir", str(blocker)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightsUnavailableError,
         NotDecomposableError,
         ValueError,
-        FileNotFoundError,
+        OSError,  # a missing file, an --out-dir that is a file, no permission
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -140,8 +140,7 @@ def decomposition_chart(
 
 def colorbar(cmap: str = DEFAULT_CMAP, label: str = "relative saliency") -> Figure:
     """A horizontal colour bar from 0 (low) to 1 (high) for the overlays."""
-    fig = Figure(figsize=(4, 0.6))
-    ax = fig.subplots()
+    fig = Figure(figsize=(4, 0.9))
+    ax = fig.add_axes((0.05, 0.55, 0.9, 0.35))  # room below for ticks and the label
     fig.colorbar(ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=label)
-    fig.tight_layout()
     return fig
