@@ -1,0 +1,243 @@
+"""Turning a cached :class:`~explorer.session.Explanation` into what the page shows.
+
+Every function here is cheap (no model call): it is what the layer slider, the opacity
+slider and the mode toggle run on each step. Pictures are drawn by :mod:`tgrad.viz`; the
+only drawing done here is the decomposition chart, which is HTML (CSS bars) because a
+matplotlib figure costs 0.3 to 0.5 s per step.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from explorer.session import Explanation
+from tgrad import viz
+
+ALONE = "this layer alone"
+CUMULATIVE = "everything up to here"
+MODES = (ALONE, CUMULATIVE)
+
+
+def is_cumulative(mode: str | None) -> bool:
+    return mode == CUMULATIVE
+
+
+def saliency_overlay(explanation: Explanation, alpha: float) -> np.ndarray:
+    """The full T-Grad saliency over what the model saw: uint8 [H,W,3]."""
+    return viz.overlay(explanation.pixels, explanation.result.saliency[0], _alpha(alpha))
+
+
+def layer_overlay(
+    explanation: Explanation, position: int, mode: str | None, alpha: float
+) -> np.ndarray:
+    """The map at a slider position (alone or accumulated) over the image: uint8 [H,W,3]."""
+    layer = explanation.layer_map(position, is_cumulative(mode))
+    return viz.overlay(explanation.pixels, layer, _alpha(alpha))
+
+
+def _alpha(alpha: float | None) -> float:
+    return min(max(float(0.5 if alpha is None else alpha), 0.0), 1.0)
+
+
+def _percent(value: float, logit: float) -> str:
+    return f"{100 * value / logit:+.1f}%" if logit else "n/a"
+
+
+def layer_caption(explanation: Explanation, position: int, mode: str | None) -> str:
+    """Markdown: ``position k / n: name (kind, hxw): contribution = x% of the logit``."""
+    term_index = explanation.term_indices[position]
+    term = explanation.result.terms[term_index]
+    last = explanation.positions - 1
+    what = "input term" if term.kind == "input" else "layer map"
+    lines = [
+        f"**Position {position} / {last}** ({what}): "
+        f"`{viz.share_label(explanation.result, term_index)}`"
+    ]
+    value = float(term.contribution[0])
+    if value <= 0:
+        lines.append(
+            "This term pushes the logit *down*, so its T-Grad weight is 0: it is drawn "
+            "here but adds nothing to the T-Grad map."
+        )
+    if is_cumulative(mode):
+        scores = [float(t.score[0]) for t in explanation.spatial_terms]
+        total = sum(scores)
+        so_far = sum(scores[: position + 1])
+        share = f"{100 * so_far / total:.1f}%" if total > 0 else "n/a"
+        lines.append(
+            f"Showing the T-Grad map built from positions 0 to {position}: "
+            f"{share} of its total weight."
+            + (" This is the full T-Grad map." if position == last else "")
+        )
+    else:
+        lines.append("Showing this term's own map S_t (its positive part, summed over channels).")
+    return "\n\n".join(lines)
+
+
+def summary(explanation: Explanation) -> str:
+    """Markdown: which class is explained and how its logit splits."""
+    terms = explanation.result.terms
+    spatial = explanation.positions
+    classifier = len(terms) - spatial
+    return (
+        f"Explaining **{html.escape(explanation.target_label)}** with `{explanation.model}`: "
+        f"logit **{explanation.logit:.3f}** (probability {100 * explanation.probability:.1f}%)"
+        f" = input term + {spatial - 1} layer terms + {classifier} classifier bias "
+        f"term{'s' if classifier != 1 else ''}; completeness gap {explanation.gap:.1e}."
+    )
+
+
+def top5_label(explanation: Explanation) -> dict[str, float]:
+    """For ``gr.Label``: ``{"967: espresso": 0.95, ...}``."""
+    return {f"{index}: {name}": prob for index, name, prob in explanation.top5()}
+
+
+def decomposition(explanation: Explanation) -> dict[str, Any]:
+    """The logit's terms as plain JSON (what the ``/explain`` API returns).
+
+    ``contribution`` is in logit units; ``share`` is ``contribution / logit`` (a
+    fraction, None when the logit is 0); ``grid`` is [h, w] or None for a non-spatial
+    (classifier) term. The contributions plus ``gap`` sum to ``logit``.
+    """
+    logit = explanation.logit
+    rows = []
+    for term in explanation.result.terms:
+        value = float(term.contribution[0])
+        rows.append(
+            {
+                "term": term.name,
+                "kind": term.kind,
+                "grid": list(term.grid) if term.grid else None,
+                "contribution": value,
+                "share": value / logit if logit else None,
+            }
+        )
+    return {
+        "model": explanation.model,
+        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "logit": logit,
+        "probability": explanation.probability,
+        "gap": explanation.gap,
+        "terms": rows,
+    }
+
+
+_DIM_KEY = '<span><i class="tg-key tg-pos tg-dim"></i>not yet included</span>'
+
+CHART_CSS = """
+.tg-chart { margin: 0; padding-top: 1.6em; font-size: var(--text-sm, 14px); }
+.tg-chart figcaption { margin-bottom: 6px; }
+.tg-frame { display: flex; gap: 6px; align-items: stretch; }
+.tg-yaxis { display: flex; flex-direction: column; justify-content: space-between;
+  font-size: 11px; color: var(--body-text-color-subdued, #666); min-width: 3.5em;
+  text-align: right; }
+.tg-plot { position: relative; flex: 1; height: 190px; display: flex; gap: 1px;
+  border-left: 1px solid var(--border-color-primary, #ccc);
+  border-bottom: 1px solid var(--border-color-primary, #ccc); }
+.tg-zero { position: absolute; left: 0; right: 0; height: 0;
+  border-top: 1px solid var(--body-text-color, #333); pointer-events: none; }
+.tg-col { position: relative; flex: 1; min-width: 2px; height: 100%; }
+.tg-bar { position: absolute; left: 0; right: 0; min-height: 1px; }
+.tg-pos { background: #1f77b4; }
+.tg-neg { background: #d62728; }
+.tg-ns { background: repeating-linear-gradient(45deg, #7f7f7f 0 3px, #d9d9d9 3px 6px); }
+.tg-dim { opacity: 0.3; }
+.tg-cur { background: #ff7f0e; outline: 2px solid #ff7f0e; outline-offset: 1px; z-index: 1; }
+.tg-xaxis { display: flex; justify-content: space-between; margin-left: calc(3.5em + 6px);
+  font-size: 11px; color: var(--body-text-color-subdued, #666); }
+.tg-legend { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 6px; font-size: 12px; }
+.tg-key { display: inline-block; width: 12px; height: 12px; vertical-align: middle;
+  margin-right: 4px; }
+.tg-chart details { margin-top: 8px; }
+.tg-chart table { font-size: 12px; border-collapse: collapse; }
+.tg-chart td, .tg-chart th { padding: 1px 8px; text-align: right; }
+.tg-chart td:first-child, .tg-chart th:first-child,
+.tg-chart td:nth-child(2), .tg-chart th:nth-child(2) { text-align: left; }
+.tg-chart tr[aria-current] { background: #ffe0b2; font-weight: bold; }
+"""
+"""Styles of :func:`chart_html`, scoped to its ``gr.HTML`` through ``css_template``."""
+
+
+def chart_html(explanation: Explanation, position: int, mode: str | None) -> str:
+    """One bar per term of the logit, the term at ``position`` highlighted, as HTML.
+
+    Blue: pushes the logit up; red: down; hatched grey: non-spatial classifier biases
+    (no map); orange: the slider's term. In "everything up to here" mode the terms not
+    yet included are faded. A table with every number follows, for screen readers.
+    """
+    result = explanation.result
+    terms = result.terms
+    values = [float(t.contribution[0]) for t in terms]
+    logit = explanation.logit
+    current = explanation.term_indices[position]
+    cumulative = is_cumulative(mode)
+    top = max(0.0, *values)
+    bottom = min(0.0, *values)
+    span = (top - bottom) or 1.0
+    zero = -bottom / span * 100
+
+    columns = []
+    rows = []
+    for index, (term, value) in enumerate(zip(terms, values, strict=True)):
+        height = abs(value) / span * 100
+        base = zero if value >= 0 else zero - height
+        classes = ["tg-bar", "tg-pos" if value >= 0 else "tg-neg"]
+        if not term.spatial:
+            classes.append("tg-ns")
+        if index == current:
+            classes.append("tg-cur")
+        elif cumulative and term.spatial and index > current:
+            classes.append("tg-dim")
+        grid = f"{term.grid[0]}x{term.grid[1]}" if term.grid else "no map"
+        tip = f"{term.name} ({term.kind}, {grid}): {value:+.4g} = {_percent(value, logit)}"
+        columns.append(
+            f'<div class="tg-col" title="{html.escape(tip)}">'
+            f'<div class="{" ".join(classes)}" '
+            f'style="bottom:{base:.3f}%;height:{height:.3f}%"></div></div>'
+        )
+        mark = ' aria-current="true"' if index == current else ""
+        rows.append(
+            f"<tr{mark}><td>{html.escape(term.name)}</td><td>{html.escape(term.kind)}</td>"
+            f"<td>{grid}</td><td>{value:+.4f}</td><td>{_percent(value, logit)}</td></tr>"
+        )
+
+    term = terms[current]
+    value = values[current]
+    spatial = explanation.positions
+    caption = (
+        f"Logit {logit:.3f} = sum of {len(terms)} terms (completeness gap "
+        f"{explanation.gap:.1e}). Highlighted: <b>{html.escape(term.name)}</b>, "
+        f"{value:+.3f} ({_percent(value, logit)} of the logit)."
+    )
+    label = (
+        f"Bar chart of the {len(terms)} terms of the logit {logit:.3f}: the input term, "
+        f"{spatial - 1} layer bias terms and {len(terms) - spatial} classifier bias terms. "
+        f"Largest {top:+.3f}, smallest {bottom:+.3f}. Highlighted: {term.name}, {value:+.3f}."
+    )
+    return (
+        '<figure class="tg-chart">'
+        f"<figcaption>{caption}</figcaption>"
+        '<div class="tg-frame">'
+        f'<div class="tg-yaxis" aria-hidden="true"><span>{top:+.2f}</span><span>0</span>'
+        f"<span>{bottom:+.2f}</span></div>"
+        f'<div class="tg-plot" role="img" aria-label="{html.escape(label)}">'
+        f'<div class="tg-zero" style="bottom:{zero:.3f}%"></div>'
+        + "".join(columns)
+        + "</div></div>"
+        '<div class="tg-xaxis" aria-hidden="true"><span>input</span>'
+        "<span>layers, in forward order →</span><span>classifier</span></div>"
+        '<div class="tg-legend" aria-hidden="true">'
+        '<span><i class="tg-key tg-pos"></i>raises the logit</span>'
+        '<span><i class="tg-key tg-neg"></i>lowers it</span>'
+        '<span><i class="tg-key tg-ns"></i>classifier bias (no map)</span>'
+        '<span><i class="tg-key tg-cur"></i>current position</span>'
+        + (_DIM_KEY if cumulative else "")
+        + "</div>"
+        "<details><summary>Every term as a table</summary><table>"
+        "<thead><tr><th>term</th><th>kind</th><th>grid</th><th>contribution</th>"
+        "<th>share</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>"
+        "</figure>"
+    )

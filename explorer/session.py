@@ -1,0 +1,342 @@
+"""Server-side state of the explorer: a bounded model cache and a bounded explanation cache.
+
+The heavy work (decode the photo, preprocess, run T-Grad) happens in
+:meth:`Session.explain`, once per (photo content, model, target). Its result, an
+:class:`Explanation`, stays in an LRU cache keyed by a hash of the file's bytes plus the
+model and the target, so re-rendering (layer slider, opacity, mode) never recomputes; the
+browser session only holds the key in a ``gr.State``.
+
+Nothing here imports Gradio: the callbacks in :mod:`explorer.handlers` translate the
+errors raised here (:class:`~tgrad.images.ImageLoadError`, ``ValueError``,
+:class:`~tgrad.models.WeightsUnavailableError`) into messages for the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Generic, TypeVar
+
+import numpy as np
+import torch
+
+from tgrad.images import ImageLoadError, load_image
+from tgrad.labels import find_class, top_k
+from tgrad.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
+from tgrad.tgrad import LayerTerm, TGrad, TGradResult
+from tgrad.viz import to_uint8_image
+
+TOP1 = "top-1 (predicted)"
+"""The target picker's first choice: explain whatever the model predicts."""
+
+MAX_MODELS = 2
+MAX_EXPLANATIONS = 16
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction done, what is happening)``."""
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A thread-safe dict that keeps at most ``capacity`` entries, least recently used out."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """The value for ``key`` (now the most recently used), or None."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value``, evicting the least recently used entries beyond capacity."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def keys(self) -> list[K]:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A loaded model with its explainer (TGrad may be called from several threads)."""
+
+    loaded: LoadedModel
+    explainer: TGrad
+
+
+class ModelCache:
+    """At most ``capacity`` models in memory; each is loaded once even under concurrency."""
+
+    def __init__(
+        self, capacity: int = MAX_MODELS, loader: Callable[[str], LoadedModel] = load_model
+    ) -> None:
+        self._entries: LRU[str, ModelEntry] = LRU(capacity)
+        self._loader = loader
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ModelEntry:
+        """The model ``name`` (loading it if needed; may raise WeightsUnavailableError)."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry
+        with self._lock:
+            name_lock = self._loading.setdefault(name, threading.Lock())
+        with name_lock:  # a second thread asking for the same model waits for the first
+            entry = self._entries.get(name)
+            if entry is None:
+                loaded = self._loader(name)
+                entry = ModelEntry(loaded, TGrad(loaded.module))
+                self._entries.put(name, entry)
+        return entry
+
+    def names(self) -> list[str]:
+        """The models in memory, least recently used first."""
+        return self._entries.keys()
+
+
+def available_models() -> list[str]:
+    """The models whose weights are on disk (the offline default first)."""
+    names = [name for name, available, _ in list_models() if available]
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+def class_choices(categories: Sequence[str]) -> list[str]:
+    """``"967: espresso"`` for every class, in index order."""
+    return [f"{i}: {name}" for i, name in enumerate(categories)]
+
+
+def parse_target(text: str | int | None, categories: Sequence[str]) -> int | None:
+    """The class to explain: None for the top-1, else an index.
+
+    Accepts the picker's ``"967: espresso"``, an index (``967`` or ``"967"``), an exact
+    name or a unique part of one. Raises ValueError (a message for the user) otherwise.
+    """
+    if text is None:
+        return None
+    value = str(text).strip()
+    if value in ("", TOP1):
+        return None
+    head, colon, _ = value.partition(":")
+    if colon and head.strip().isdigit():
+        value = head.strip()
+    return find_class(value, categories)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained photo: what the model saw, the T-Grad result and the class names."""
+
+    key: str
+    model: str
+    pixels: np.ndarray
+    """The model's input in pixel space, uint8 [H,W,3] (the centre crop it saw)."""
+    result: TGradResult
+    """T-Grad for a batch of one."""
+    categories: Sequence[str] = field(repr=False)
+
+    @cached_property
+    def spatial_terms(self) -> tuple[LayerTerm, ...]:
+        """The terms with a map, input first: the layer slider's positions."""
+        return self.result.spatial_terms
+
+    @cached_property
+    def term_indices(self) -> tuple[int, ...]:
+        """For each slider position, the index of its term in ``result.terms``."""
+        return tuple(i for i, t in enumerate(self.result.terms) if t.spatial)
+
+    @property
+    def positions(self) -> int:
+        """Number of slider positions (input + one per layer map)."""
+        return len(self.spatial_terms)
+
+    @property
+    def target(self) -> int:
+        return int(self.result.target[0])
+
+    @property
+    def target_label(self) -> str:
+        return f"{self.target}: {self.categories[self.target]}"
+
+    @property
+    def logit(self) -> float:
+        return float(self.result.logit[0])
+
+    @property
+    def probability(self) -> float:
+        return float(torch.softmax(self.result.logits[0].double(), 0)[self.target])
+
+    @property
+    def gap(self) -> float:
+        return float(self.result.gap[0])
+
+    def top5(self) -> list[tuple[int, str, float]]:
+        """The five most probable classes: (index, name, probability)."""
+        return top_k(self.result.logits[0], self.categories, 5)
+
+    def clamp(self, position: float | int | None) -> int:
+        """A slider value as a valid position (rounded, clipped to 0..positions-1)."""
+        index = round(float(position or 0))
+        return min(max(index, 0), self.positions - 1)
+
+    def layer_map(self, position: int, cumulative: bool) -> torch.Tensor:
+        """What the slider shows at ``position`` [h,w] (any scale).
+
+        ``cumulative=False``: that term's own map S_t on its grid. ``True``: the T-Grad
+        saliency built from the terms up to this one; at the last position it is the
+        full T-Grad saliency, bit for bit.
+        """
+        if cumulative:
+            return self.result.cumulative(position)[0]
+        layer = self.spatial_terms[position].map
+        assert layer is not None  # spatial terms have maps
+        return layer[0]
+
+
+def content_digest(data: bytes) -> str:
+    """A hash of a file's bytes (hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def content_key(data: bytes, model: str, target: int | None) -> str:
+    """The cache key ``digest:model:target``: the file's hash, the model, the target
+    index or ``top1``."""
+    return f"{content_digest(data)}:{model}:{'top1' if target is None else target}"
+
+
+def parse_key(key: str | None) -> tuple[str, str, int | None] | None:
+    """``(digest, model, target)`` from a :func:`content_key` (None if it is not one)."""
+    parts = (key or "").split(":")
+    if len(parts) != 3 or not all(parts) or not (parts[2] == "top1" or parts[2].isdigit()):
+        return None
+    digest, model, target = parts
+    return digest, model, None if target == "top1" else int(target)
+
+
+def read_upload(path: str | os.PathLike) -> bytes:
+    """The bytes of an uploaded file; ImageLoadError (for the user) if it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError as error:
+        raise ImageLoadError("The uploaded file is gone; please upload it again.") from error
+    except OSError as error:
+        raise ImageLoadError(f"The uploaded file cannot be read ({error.strerror}).") from error
+
+
+class Session:
+    """The app's engine front: cached models, cached explanations, and counters.
+
+    One instance serves every browser session; it is safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        max_models: int = MAX_MODELS,
+        max_explanations: int = MAX_EXPLANATIONS,
+        loader: Callable[[str], LoadedModel] = load_model,
+    ) -> None:
+        self.models = ModelCache(max_models, loader)
+        self.explanations: LRU[str, Explanation] = LRU(max_explanations)
+        self.computed = 0
+        """How many explanations were computed (cache misses), for tests and logs."""
+        self._count_lock = threading.Lock()
+
+    def lookup(self, key: str | None) -> Explanation | None:
+        """The cached explanation for ``key`` (None for an empty, unknown or evicted key)."""
+        if not key or not isinstance(key, str):
+            return None
+        return self.explanations.get(key)
+
+    def explain(
+        self,
+        image: str | os.PathLike,
+        model: str = DEFAULT_MODEL,
+        target: str | int | None = None,
+        progress: Progress | None = None,
+    ) -> Explanation:
+        """Explain the photo at path ``image`` (cached by content, model and target).
+
+        Raises:
+            ImageLoadError: the file is not a usable image (message for the user).
+            ValueError: unknown model or class.
+            WeightsUnavailableError: the model's weights are not available.
+        """
+        report = progress or (lambda fraction, what: None)
+        data = read_upload(image)
+        report(0.05, f"loading model {model}")
+        entry = self.models.get(model)
+        categories = entry.loaded.categories
+        target_index = parse_target(target, categories)
+        key = content_key(data, model, target_index)
+        cached = self.explanations.get(key)
+        if cached is not None:
+            return cached
+        report(0.2, "decoding the photo")
+        photo = load_image(io.BytesIO(data))
+        x = entry.loaded.preprocessing(photo)[None]
+        report(0.35, "explaining (forward + backward)")
+        result = entry.explainer(x, target_index)
+        pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
+        explanation = Explanation(key, model, pixels, result, categories)
+        self.explanations.put(key, explanation)
+        with self._count_lock:
+            self.computed += 1
+        report(1.0, "done")
+        return explanation
+
+
+def set_torch_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads for the server (default: ``EXPLORER_TORCH_THREADS`` or 1).
+
+    One thread per explanation, with up to two explanations running at once, uses both
+    cores of a small Space without oversubscribing them. With OpenMP's two threads per
+    call, any other load on the machine made an explanation take 5 to 8 s instead of
+    0.2 s (threads spin at every barrier waiting for a descheduled partner). Returns
+    the number set.
+    """
+    if threads is None:
+        threads = int(os.environ.get("EXPLORER_TORCH_THREADS", "1"))
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
+def warm_up(session: Session, model: str = DEFAULT_MODEL) -> None:
+    """Load ``model`` and run it once on a grey image, so the first click is fast."""
+    entry = session.models.get(model)
+    crop = entry.loaded.preprocessing.crop
+    grey = torch.full((1, 3, crop, crop), 0.5)
+    entry.explainer(entry.loaded.preprocessing.normalize(grey))
+
+
+SESSION = Session()
+"""The process-wide session the app uses."""

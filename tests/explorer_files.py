@@ -1,0 +1,44 @@
+"""Files for the explorer's tests: the bundled photos and the bad uploads of the issue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+OUTPUT = ROOT / "tests" / "output"
+PHOTOS = {name: ASSETS / f"{name}.jpg" for name in ("astronaut", "chelsea", "coffee", "rocket")}
+
+
+def text_as_jpg(folder: Path) -> Path:
+    """A text file renamed .jpg."""
+    path = folder / "notes.jpg"
+    path.write_text("These are my notes, not a photo.\n" * 20)
+    return path
+
+
+def truncated_jpeg(folder: Path) -> Path:
+    """The first half of a real JPEG."""
+    data = PHOTOS["coffee"].read_bytes()
+    path = folder / "truncated.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def huge_png(folder: Path, side: int = 12_000) -> Path:
+    """A ``side`` x ``side`` grey PNG of zeros (144 MP at 12000: small on disk)."""
+    path = folder / f"huge_{side}.png"
+    if not path.exists():
+        Image.new("L", (side, side)).save(path, compress_level=1)
+    return path
+
+
+def large_photo(folder: Path) -> Path:
+    """A 6000 x 4000 PNG (24 MP, under the limit): must be resized, not refused."""
+    path = folder / "large_6000x4000.png"
+    if not path.exists():
+        small = Image.open(PHOTOS["chelsea"]).convert("RGB")
+        small.resize((6000, 4000), Image.Resampling.NEAREST).save(path, compress_level=1)
+    return path

@@ -1,0 +1,138 @@
+"""The app launched in-process on localhost, called through gradio_client like a script."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.explorer_files import PHOTOS, text_as_jpg
+from tgrad.models import DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def server():
+    """``app.demo`` with the app's queue and launch options; closed afterwards."""
+    threads = torch.get_num_threads()
+    import app  # sets one torch thread per explanation, as the server does
+    from explorer.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS
+
+    app.demo.queue(**QUEUE_OPTIONS)
+    _, url, _ = app.demo.launch(prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    yield app, url
+    app.demo.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory) -> Client:
+    folder = tmp_path_factory.mktemp("client-downloads")
+    return Client(server[1], verbose=False, download_files=str(folder), analytics_enabled=False)
+
+
+def pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def test_only_explain_is_in_the_api(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert list(endpoints) == ["/explain"]
+    names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
+    assert names == ["image", "model", "target", "opacity"]
+
+
+def test_explain_espresso(client, server):
+    overlay, top5, decomposition = client.predict(
+        handle_file(str(PHOTOS["coffee"])),
+        DEFAULT_MODEL,
+        "top-1 (predicted)",
+        api_name="/explain",
+    )
+    assert top5["label"] == "967: espresso"
+    assert "967: espresso" in [c["label"] for c in top5["confidences"]]
+    image = pixels(overlay)
+    assert image.shape == (224, 224, 3)
+    assert decomposition["target"] == {"index": 967, "name": "espresso"}
+    total = sum(row["contribution"] for row in decomposition["terms"])
+    assert abs(total - decomposition["logit"]) <= 1e-4 * max(1, abs(decomposition["logit"]))
+    # the PNG is lossless: exactly what the server rendered
+    from explorer import render
+
+    session = server[0].SESSION
+    explanation = next(
+        session.lookup(k) for k in session.explanations.keys() if k.endswith(":top1")
+    )
+    np.testing.assert_array_equal(image, render.saliency_overlay(explanation, 0.5))
+
+
+REQUESTS = [
+    (PHOTOS["coffee"], "968: cup"),
+    (PHOTOS["chelsea"], "top-1 (predicted)"),
+    (PHOTOS["rocket"], "top-1 (predicted)"),
+    (PHOTOS["astronaut"], "tabby"),
+]
+
+
+def test_concurrent_requests_equal_sequential_ones(client, server):
+    session = server[0].SESSION
+    session.explanations.clear()
+    before = session.computed
+    jobs = [
+        client.submit(handle_file(str(photo)), DEFAULT_MODEL, target, api_name="/explain")
+        for photo, target in REQUESTS
+    ]
+    together = [job.result(timeout=120) for job in jobs]
+    assert session.computed == before + len(REQUESTS)  # all four were computed, not cached
+
+    session.explanations.clear()
+    alone = [
+        client.predict(handle_file(str(photo)), DEFAULT_MODEL, target, api_name="/explain")
+        for photo, target in REQUESTS
+    ]
+    assert session.computed == before + 2 * len(REQUESTS)
+
+    targets = set()
+    for (overlay_a, top5_a, dec_a), (overlay_b, top5_b, dec_b) in zip(together, alone, strict=True):
+        assert dec_a == dec_b  # every number, bit for bit
+        assert top5_a == top5_b
+        np.testing.assert_array_equal(pixels(overlay_a), pixels(overlay_b))
+        targets.add(dec_a["target"]["index"])
+    assert len(targets) == len(REQUESTS)  # four different explanations
+
+
+def test_bad_file_is_an_error_then_the_server_still_works(client, tmp_path):
+    with pytest.raises(AppError, match=r"notes\.jpg: The file is not an image") as caught:
+        client.predict(
+            handle_file(str(text_as_jpg(tmp_path))),
+            DEFAULT_MODEL,
+            "top-1 (predicted)",
+            api_name="/explain",
+        )
+    assert "Traceback" not in str(caught.value)
+    _, top5, _ = client.predict(
+        handle_file(str(PHOTOS["chelsea"])),
+        DEFAULT_MODEL,
+        "top-1 (predicted)",
+        api_name="/explain",
+    )
+    assert top5["label"].split(": ")[1] in ("tiger cat", "tabby", "Egyptian cat")
+
+
+def test_unknown_model_or_class_is_refused(client):
+    photo = handle_file(str(PHOTOS["coffee"]))
+    with pytest.raises(AppError, match="no class named 'qwertz'"):
+        client.predict(photo, DEFAULT_MODEL, "qwertz", api_name="/explain")
+    with pytest.raises(AppError, match="Unknown or unavailable model 'vgg16'"):
+        client.predict(photo, "vgg16", api_name="/explain")  # never downloads weights
+
+
+def test_upload_size_is_limited(client, tmp_path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * (26 * 1024 * 1024))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/explain")

@@ -1,0 +1,233 @@
+"""End to end: ``python app.py`` in a subprocess, driven by Debian's Chromium via Playwright.
+
+Screenshots go to tests/output/. Skipped only when /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.explorer_files import OUTPUT, PHOTOS, ROOT, huge_png, text_as_jpg, truncated_jpeg
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium")
+LOCAL = ("http://127.0.0.1", "data:", "blob:")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(log_path: os.PathLike) -> tuple[subprocess.Popen, str]:
+    """``python app.py`` on a free port; returns the process and its URL once it answers."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_SSR_MODE="False",
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_OFFLINE="1",
+    )
+    with open(log_path, "w") as log:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}; see {log_path}")
+        try:
+            urllib.request.urlopen(url + "config", timeout=1).close()
+            return process, url
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.25)
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    process, url = start_app(OUTPUT / "e2e_server.log")
+    yield url
+    stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.external = []
+    page.page_errors = []
+    page.on("request", lambda r: r.url.startswith(LOCAL) or page.external.append(r.url))
+    page.on("pageerror", lambda error: page.page_errors.append(str(error)))
+    page.goto(server)
+    page.wait_for_selector("#explain-btn")
+    yield page
+    context.close()
+
+
+def upload(page, path) -> None:
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#input-image img")
+
+
+def src(page, selector: str) -> str | None:
+    return page.locator(selector).get_attribute("src")
+
+
+def wait_for_new_src(page, selector: str, old: str | None) -> str:
+    page.wait_for_function(
+        "([s, o]) => { const i = document.querySelector(s); return i && i.src && i.src !== o }",
+        arg=[selector, old],
+    )
+    return src(page, selector)
+
+
+def error_toasts(page):
+    return page.locator(".toast-body.error")
+
+
+def test_explain_then_slide_through_the_layers(page):
+    upload(page, PHOTOS["chelsea"])
+    page.locator("#explain-btn").click()
+    page.locator("#overlay img").wait_for(state="visible")
+    page.locator("#layer-image img").wait_for(state="visible")
+    assert "cat" in page.locator("#top5").inner_text()
+    assert "Position 0 / 49" in page.locator("#layer-caption").inner_text()
+    first = src(page, "#layer-image img")
+
+    slider = page.locator("#layer-slider input[type=range]")
+    slider.scroll_into_view_if_needed()
+    assert slider.is_enabled() and slider.get_attribute("max") == "49"
+    box = slider.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 4, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=8)
+    page.mouse.up()
+    dragged = wait_for_new_src(page, "#layer-image img", first)
+    position = int(slider.input_value())
+    assert 15 <= position <= 35
+    page.wait_for_function(
+        "p => document.querySelector('#layer-caption').innerText.includes(`Position ${p} /`)",
+        arg=position,
+    )
+    page.screenshot(path=str(OUTPUT / "e2e_layer_dragged.png"), full_page=True)
+
+    slider.focus()
+    page.keyboard.press("ArrowRight")  # keyboard users: the native range input
+    stepped = wait_for_new_src(page, "#layer-image img", dragged)
+    assert int(slider.input_value()) == position + 1
+    page.wait_for_function(
+        "p => document.querySelector('#layer-caption').innerText.includes(`Position ${p} /`)",
+        arg=position + 1,
+    )
+
+    page.get_by_label("everything up to here").check()
+    wait_for_new_src(page, "#layer-image img", stepped)
+    page.wait_for_function(
+        "() => document.querySelector('#layer-caption').innerText.includes('built from')"
+    )
+    chart = page.locator("#decomposition-chart")
+    assert chart.locator(".tg-col").count() == 51
+    assert chart.locator(".tg-bar.tg-cur").count() == 1
+    page.screenshot(path=str(OUTPUT / "e2e_explained.png"), full_page=True)
+    assert error_toasts(page).count() == 0
+
+    page.get_by_role("tab", name="How to read this").click()
+    page.get_by_text("Why biases matter").wait_for(state="visible")
+    page.screenshot(path=str(OUTPUT / "e2e_guide.png"), full_page=True)
+    assert page.page_errors == []
+    assert page.external == []
+
+
+def test_pick_a_class_from_the_top5(page):
+    upload(page, PHOTOS["coffee"])
+    page.locator("#explain-btn").click()
+    page.locator("#overlay img").wait_for(state="visible")
+    page.wait_for_function(
+        "() => document.querySelector('#summary').innerText.includes('967: espresso')"
+    )
+    page.locator("#top5").get_by_text("968: cup").click()
+    page.wait_for_function(
+        "() => document.querySelector('#summary').innerText.includes('968: cup')"
+    )
+    assert error_toasts(page).count() == 0
+
+
+@pytest.mark.parametrize(
+    ("maker", "message"),
+    [
+        (text_as_jpg, "is not an image"),
+        (truncated_jpeg, "truncated or corrupt"),
+        (huge_png, "more than the limit"),
+    ],
+    ids=["text-renamed-jpg", "truncated-jpeg", "png-12000x12000"],
+)
+def test_bad_upload_shows_a_readable_message(page, tmp_path_factory, maker, message):
+    bad = maker(tmp_path_factory.mktemp("bad"))
+    page.locator("#input-image input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(300)
+    page.locator("#explain-btn").click()
+    toast = error_toasts(page).first
+    toast.wait_for(state="visible")
+    text = toast.inner_text()
+    assert message in text and "Traceback" not in text
+    page.wait_for_timeout(700)  # let the toast finish sliding in, for the screenshot
+    page.screenshot(path=str(OUTPUT / f"e2e_error_{bad.stem}.png"))
+    page.locator(".toast-close").first.click()
+
+    # the server keeps serving: a good photo explains
+    page.locator("#input-image button[aria-label='Remove Image']").click()
+    upload(page, PHOTOS["rocket"])
+    page.locator("#explain-btn").click()
+    page.wait_for_function(
+        "() => document.querySelector('#summary')?.innerText.includes('Explaining')"
+    )
+    page.locator("#overlay img").wait_for(state="visible")
+    assert page.external == []

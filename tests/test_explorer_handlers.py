@@ -1,0 +1,374 @@
+"""The explorer's callbacks called directly (no server), with numbers checked."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+from explorer import render
+from explorer.handlers import NO_PHOTO, Handlers
+from explorer.session import (
+    LRU,
+    TOP1,
+    ModelCache,
+    Session,
+    available_models,
+    class_choices,
+    parse_target,
+    set_torch_threads,
+)
+from tests.explorer_files import PHOTOS, huge_png, large_photo, text_as_jpg, truncated_jpeg
+from tgrad.models import DEFAULT_MODEL, imagenet_categories
+
+CATEGORIES = imagenet_categories()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The app's setting (one torch thread per explanation); restored afterwards."""
+    before = torch.get_num_threads()
+    set_torch_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def session() -> Session:
+    return Session()
+
+
+@pytest.fixture(scope="module")
+def handlers(session) -> Handlers:
+    return Handlers(session)
+
+
+@pytest.fixture(scope="module")
+def coffee(handlers):
+    """(overlay, top5, decomposition, key) for the espresso photo."""
+    return handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, TOP1, 0.5)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def assert_complete(decomposition: dict) -> None:
+    """The terms sum to the logit within the completeness tolerance."""
+    logit = decomposition["logit"]
+    total = sum(row["contribution"] for row in decomposition["terms"])
+    assert abs(total - logit) <= 1e-4 * max(1.0, abs(logit))
+    assert abs(total + decomposition["gap"] - logit) <= 1e-5 * max(1.0, abs(logit))
+
+
+def test_explain_returns_overlay_top5_and_decomposition(coffee):
+    overlay, top5, decomposition, key = coffee
+    assert overlay.shape == (224, 224, 3) and overlay.dtype == np.uint8
+    assert next(iter(top5)) == "967: espresso"
+    assert top5["967: espresso"] > 0.5
+    assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.05
+    assert decomposition["target"] == {"index": 967, "name": "espresso"}
+    assert decomposition["model"] == DEFAULT_MODEL
+    terms = decomposition["terms"]
+    assert terms[0]["term"] == "input" and terms[0]["grid"] == [224, 224]
+    assert terms[-1]["grid"] is None  # the classifier bias: no map
+    for row in terms:
+        share = row["contribution"] / decomposition["logit"]
+        assert row["share"] == pytest.approx(share)
+    assert isinstance(key, str) and key
+
+
+def test_decomposition_sums_to_the_logit(coffee):
+    assert_complete(coffee[2])
+
+
+def test_overlay_differs_between_layers(handlers, coffee):
+    key = coffee[3]
+    computed = handlers.session.computed
+    first = handlers.render_layer(key, 0, render.ALONE, 0.5)[0]
+    positions = [5, 20, 35, 49]
+    for position in positions:
+        other = handlers.render_layer(key, position, render.ALONE, 0.5)[0]
+        assert other.shape == first.shape
+        assert mean_abs_diff(first, other) > 5.0, position
+    # the aggregate builds up: an early prefix differs from the full map
+    early = handlers.render_layer(key, 3, render.CUMULATIVE, 0.5)[0]
+    assert mean_abs_diff(early, coffee[0]) > 2.0
+    assert handlers.session.computed == computed  # moving the slider never recomputes
+
+
+def test_everything_up_to_the_last_layer_is_the_full_overlay(handlers, coffee):
+    overlay, _, _, key = coffee
+    last = handlers.session.lookup(key).positions - 1
+    image, caption, _ = handlers.render_layer(key, last, render.CUMULATIVE, 0.5)
+    np.testing.assert_array_equal(image, overlay)
+    assert "full T-Grad map" in caption
+
+
+def test_caption_names_position_layer_grid_and_share(handlers, coffee):
+    key = coffee[3]
+    explanation = handlers.session.lookup(key)
+    assert explanation.positions == 50  # input + 49 layer maps for Lite0
+    _, caption, chart = handlers.render_layer(key, 10, render.ALONE, 0.5)
+    term = explanation.spatial_terms[10]
+    assert f"Position 10 / {explanation.positions - 1}" in caption
+    assert term.name in caption and f"{term.grid[0]}x{term.grid[1]}" in caption
+    assert "of the logit" in caption
+    assert f"<b>{term.name}</b>" in chart
+
+
+def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
+    key = coffee[3]
+    explanation = handlers.session.lookup(key)
+    chart = handlers.render_layer(key, 7, render.CUMULATIVE, 0.5)[2]
+    terms = explanation.result.terms
+    assert chart.count('class="tg-col"') == len(terms)
+    assert chart.count("tg-cur") == 1 + 1  # the bar and its legend key
+    non_spatial = sum(not t.spatial for t in terms)
+    assert non_spatial >= 1
+    assert chart.count("tg-bar tg-pos tg-ns") + chart.count("tg-bar tg-neg tg-ns") == non_spatial
+    assert chart.count("<tr") == len(terms) + 1  # the accessible table, with its header
+    assert 'aria-current="true"' in chart and 'role="img"' in chart
+    # "everything up to here" fades the layers not yet included
+    assert chart.count("tg-dim") == explanation.positions - 1 - 7 + 1  # + legend key
+
+
+def test_show_layers_sizes_the_slider(handlers, coffee):
+    slider, image, _, chart, summary = handlers.show_layers(coffee[3], 500, render.ALONE, 0.5)
+    assert slider["maximum"] == 49 and slider["value"] == 49 and slider["interactive"]
+    assert image.shape == (224, 224, 3)
+    assert "967: espresso" in summary and "completeness gap" in summary
+    assert chart.count("tg-cur") == 2  # the last layer's bar and the legend key
+
+
+def test_slider_values_are_clamped(handlers, coffee):
+    key = coffee[3]
+    low = handlers.render_layer(key, -4, render.ALONE, 0.5)
+    zero = handlers.render_layer(key, 0, render.ALONE, 0.5)
+    np.testing.assert_array_equal(low[0], zero[0])
+    high = handlers.render_layer(key, 3.0 + 1e3, render.ALONE, 0.5)
+    assert "Position 49 / 49" in high[1]
+
+
+def test_opacity(handlers, coffee):
+    key = coffee[3]
+    explanation = handlers.session.lookup(key)
+    clear, _ = handlers.render_opacity(key, 0, render.ALONE, 0.0)
+    np.testing.assert_array_equal(clear, explanation.pixels)
+    strong, layer = handlers.render_opacity(key, 0, render.ALONE, 1.0)
+    assert mean_abs_diff(strong, explanation.pixels) > 20
+    assert layer.shape == strong.shape
+
+
+def test_target_change_gives_another_logit(handlers, coffee):
+    _, _, espresso, _ = coffee
+    _, _, cup, key = handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "968: cup", 0.5)
+    assert cup["target"] == {"index": 968, "name": "cup"}
+    assert cup["logit"] < espresso["logit"]  # espresso is the top-1
+    assert_complete(cup)
+    logits = handlers.session.lookup(key).result.logits[0]
+    assert cup["logit"] == pytest.approx(float(logits[968]))
+    assert espresso["logit"] == pytest.approx(float(logits[967]))
+    # free text and plain indices work too (API clients)
+    by_name = handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "cup", 0.5)[2]
+    assert by_name["logit"] == cup["logit"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (TOP1, None),
+        ("", None),
+        (None, None),
+        ("967: espresso", 967),
+        ("967", 967),
+        (967, 967),
+        ("Espresso", 967),
+        ("tabby", 281),
+    ],
+)
+def test_parse_target(text, expected):
+    assert parse_target(text, CATEGORIES) == expected
+
+
+def test_unknown_target_is_a_readable_error(handlers):
+    with pytest.raises(gr.Error, match="no class named 'qwertz'"):
+        handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "qwertz", 0.5)
+    with pytest.raises(gr.Error, match="out of range"):
+        handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "1000", 0.5)
+
+
+def test_target_choices():
+    choices = class_choices(CATEGORIES)
+    assert len(choices) == 1000 and choices[967] == "967: espresso"
+    assert available_models()[0] == DEFAULT_MODEL
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_files_give_readable_errors(handlers, tmp_path):
+    cases = [
+        (text_as_jpg(tmp_path), r"notes\.jpg: The file is not an image .*text/plain"),
+        (truncated_jpeg(tmp_path), r"truncated\.jpg: .*truncated or corrupt"),
+        (huge_png(tmp_path), r"12000 x 12000 = 144,000,000 pixels, more than the limit"),
+    ]
+    for path, message in cases:
+        with pytest.raises(gr.Error, match=message) as caught:
+            handlers.explain(str(path), DEFAULT_MODEL, TOP1, 0.5)
+        assert "Traceback" not in str(caught.value)
+    with pytest.raises(gr.Error, match="gone"):
+        handlers.explain(str(tmp_path / "missing.jpg"), DEFAULT_MODEL, TOP1, 0.5)
+    # and the next good request works
+    assert handlers.explain(str(PHOTOS["chelsea"]))[2]["target"]["index"] in range(1000)
+
+
+def test_large_upload_is_resized_not_refused(handlers, tmp_path):
+    overlay, _, decomposition, _ = handlers.explain(str(large_photo(tmp_path)))
+    assert overlay.shape == (224, 224, 3)
+    assert_complete(decomposition)
+
+
+def test_unavailable_model_is_refused_before_loading(handlers):
+    with pytest.raises(gr.Error, match="Unknown or unavailable model 'vgg16'"):
+        handlers.explain(str(PHOTOS["coffee"]), "vgg16", TOP1, 0.5)
+    assert handlers.session.models.names() == [DEFAULT_MODEL]
+
+
+def test_gradio_file_payload(handlers, coffee):
+    # what the events receive with preprocess=False
+    payload = {"path": str(PHOTOS["coffee"]), "orig_name": "coffee.jpg", "meta": {}}
+    assert handlers.explain(payload, DEFAULT_MODEL, TOP1, 0.5)[3] == coffee[3]
+    with pytest.raises(gr.Error, match="did not arrive as a file"):
+        handlers.explain({"url": "data:image/png;base64,AAAA"}, DEFAULT_MODEL, TOP1, 0.5)
+
+
+def test_no_photo(handlers):
+    with pytest.raises(gr.Error, match="upload a photo"):
+        handlers.explain(None, DEFAULT_MODEL, TOP1, 0.5)
+    assert NO_PHOTO.startswith("Please upload")
+    skipped = handlers.explain_if_photo(None, DEFAULT_MODEL, "968: cup", 0.5)
+    assert skipped == (gr.skip(),) * 4
+
+
+@pytest.mark.parametrize("state", ["", None, "no-such-key"])
+def test_empty_state(handlers, coffee, state):
+    # nothing to show and nothing to recompute from: nothing changes
+    assert handlers.render_layer(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 3
+    assert handlers.render_opacity(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 2
+    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 5
+    # with the photo at hand (cached examples), the top-1 explanation is shown
+    photo = str(PHOTOS["coffee"])
+    image, caption, _ = handlers.render_layer(state, 3, render.ALONE, 0.5, photo)
+    expected = handlers.render_layer(coffee[3], 3, render.ALONE, 0.5)[0]
+    np.testing.assert_array_equal(image, expected)
+    assert "Position 3" in caption
+
+
+def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
+    session = Session(max_explanations=1)
+    handlers = Handlers(session)
+    photo = str(PHOTOS["coffee"])
+    cup = handlers.explain(photo, DEFAULT_MODEL, "968: cup", 0.5)
+    key = cup[3]
+    handlers.explain(str(PHOTOS["rocket"]))  # evicts the cup
+    assert session.lookup(key) is None
+    # the page still shows the same photo: recomputed, with the cup as the target
+    slider, _, _, _, summary = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
+    assert "968: cup" in summary and slider["maximum"] == 49
+    assert session.lookup(key) is not None
+    # a new photo was uploaded but not explained yet: nothing is redrawn
+    handlers.explain(str(PHOTOS["rocket"]))
+    skipped = handlers.render_layer(key, 2, render.ALONE, 0.5, str(PHOTOS["chelsea"]))
+    assert skipped == (gr.skip(),) * 3
+
+
+def test_explanations_are_cached_by_content(handlers, tmp_path):
+    session = handlers.session
+    handlers.explain(str(PHOTOS["rocket"]))
+    before = session.computed
+    copy = tmp_path / "another-name.jpg"
+    shutil.copy(PHOTOS["rocket"], copy)
+    start = time.perf_counter()
+    handlers.explain(str(copy))
+    assert session.computed == before  # same bytes, model and target: no recompute
+    assert time.perf_counter() - start < 1.0
+
+
+def test_explanation_cache_is_bounded(tmp_path):
+    session = Session(max_explanations=2)
+    handlers = Handlers(session)
+    keys = [handlers.explain(str(PHOTOS[name]))[3] for name in ("coffee", "chelsea", "rocket")]
+    assert len(session.explanations) == 2
+    assert session.lookup(keys[0]) is None and session.lookup(keys[2]) is not None
+
+
+def test_lru():
+    lru: LRU[str, int] = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1  # a is now the most recent
+    lru.put("c", 3)
+    assert lru.keys() == ["a", "c"]
+    with pytest.raises(ValueError):
+        LRU(0)
+
+
+class _FakeLoaded:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+
+
+def test_model_cache_is_bounded_and_loads_once():
+    loads: list[str] = []
+
+    def loader(name: str):
+        loads.append(name)
+        time.sleep(0.05)
+        return _FakeLoaded(name)
+
+    cache = ModelCache(capacity=2, loader=loader)
+    threads = [threading.Thread(target=cache.get, args=("a",)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == ["a"]  # four concurrent requests, one load
+    cache.get("b")
+    cache.get("c")
+    assert cache.names() == ["b", "c"]  # at most two models in memory
+    assert cache.get("a").loaded.name == "a" and loads == ["a", "b", "c", "a"]
+
+
+def test_pick_target_from_the_top5():
+    selection = gr.SelectData(None, {"index": 1, "value": "968: cup", "selected": True})
+    assert Handlers.pick_target(selection) == "968: cup"
+
+
+def test_only_explain_is_public():
+    from explorer.ui import build_demo
+
+    demo = build_demo(Session())
+    config = demo.get_config_file()
+    public = [d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public"]
+    assert public == ["explain"]
+    ids = {c["props"].get("elem_id") for c in config["components"]}
+    assert {
+        "input-image",
+        "explain-btn",
+        "overlay",
+        "layer-slider",
+        "layer-image",
+        "layer-mode",
+        "decomposition-chart",
+        "top5",
+        "target",
+        "model",
+        "opacity",
+    } <= ids
+    formats = {c["props"].get("format") for c in config["components"] if c["type"] == "image"}
+    assert formats == {"png"}
