@@ -26,10 +26,11 @@ from typing import Generic, TypeVar
 import numpy as np
 import torch
 
+from tgrad.decompose import Term
 from tgrad.images import ImageLoadError, load_image
 from tgrad.labels import find_class, top_k
 from tgrad.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
-from tgrad.tgrad import LayerTerm, TGrad, TGradResult
+from tgrad.tgrad import TGrad, TGradResult
 from tgrad.viz import to_uint8_image
 
 TOP1 = "top-1 (predicted)"
@@ -165,7 +166,7 @@ class Explanation:
     categories: Sequence[str] = field(repr=False)
 
     @cached_property
-    def spatial_terms(self) -> tuple[LayerTerm, ...]:
+    def spatial_terms(self) -> tuple[Term, ...]:
         """The terms with a map, input first: the layer slider's positions."""
         return self.result.spatial_terms
 

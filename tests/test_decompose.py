@@ -7,9 +7,11 @@ import torchvision
 from torch import nn
 
 from tests.nets import perturb, small_cnn
+from tgrad.capture import capture
 from tgrad.decompose import (
     NotDecomposableError,
     bias_of,
+    bias_watch,
     completeness_tolerance,
     decompose,
 )
@@ -31,13 +33,14 @@ def test_two_layer_relu_network_by_hand():
         model[2].weight.copy_(torch.tensor([[1.0, 2.0]]))
         model[2].bias.copy_(torch.tensor([0.25]))
     x = torch.tensor([[1.0, 2.0]])
-    dec = decompose(model, x, target=0)
+    dec = decompose(model, x, target=0, keep_elementwise=True)
     terms = by_name(dec)
     assert dec.logit.item() == pytest.approx(6.25)
-    assert terms["input"].total.item() == pytest.approx(8.0)
-    assert terms["0"].total.item() == pytest.approx(-2.0)
-    assert terms["2"].total.item() == pytest.approx(0.25)
-    assert torch.equal(terms["input"].contribution, torch.tensor([[4.0, 4.0]]))
+    assert terms["input"].contribution.item() == pytest.approx(8.0)
+    assert terms["0"].contribution.item() == pytest.approx(-2.0)
+    assert terms["2"].contribution.item() == pytest.approx(0.25)
+    assert torch.equal(terms["input"].elementwise, torch.tensor([[4.0, 4.0]]))
+    assert terms["0"].map is None  # not spatial: a share of the logit, no map
     assert abs(dec.gap.item()) < 1e-6
 
 
@@ -54,8 +57,8 @@ def test_relu6_saturation_is_a_bias_merged_into_its_layer():
     assert list(terms) == ["input", "0"]  # ReLU6's term joined the Linear's
     assert terms["0"].kind == "Linear+ReLU6"
     # x = 4: 6 * 3 = 18 from the saturation; x = 1: z = 3, unsaturated: bias 1 * 3 = 3
-    assert terms["0"].total.tolist() == pytest.approx([18.0, 3.0])
-    assert terms["input"].total.tolist() == pytest.approx([0.0, 6.0])
+    assert terms["0"].contribution.tolist() == pytest.approx([18.0, 3.0])
+    assert terms["input"].contribution.tolist() == pytest.approx([0.0, 6.0])
     assert dec.logit.tolist() == pytest.approx([18.0, 9.0])
 
 
@@ -70,8 +73,8 @@ def test_hardtanh_low_saturation_without_a_biased_producer():
     dec = decompose(model, torch.tensor([[-3.0, 0.5]]), target=0)
     terms = by_name(dec)
     assert terms["1"].kind == "Hardtanh"
-    assert terms["1"].total.item() == pytest.approx(-5.0)
-    assert terms["input"].total.item() == pytest.approx(3.5)
+    assert terms["1"].contribution.item() == pytest.approx(-5.0)
+    assert terms["input"].contribution.item() == pytest.approx(3.5)
     assert dec.logit.item() == pytest.approx(-1.5)
 
 
@@ -97,9 +100,9 @@ def test_saturation_matters_in_the_small_cnn():
     dec = decompose(model, x)
     assert (dec.gap.abs() <= completeness_tolerance(dec.logit)).all()
     # the BN term alone (without the saturated constants) misses a real part of y
-    grads = {c.name: c for c in dec.record.calls}
+    grads = {c.name: c for c in capture(model, x, None, bias_watch(model)).calls}
     bn_only = (bias_of(model.bn2).view(1, -1, 1, 1) * grads["bn2"].grad).flatten(1).sum(1)
-    assert (by_name(dec)["bn2"].total - bn_only).abs().max() > 0.1
+    assert (by_name(dec)["bn2"].contribution - bn_only).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "densenet121", "alexnet", "mobilenet_v2"])
@@ -110,7 +113,7 @@ def test_completeness_torchvision(name):
     dec = decompose(model, x, target=[1, 2, 3, 4])
     assert (dec.gap.abs() <= completeness_tolerance(dec.logit)).all(), dec.gap
     # the bias terms are a real part of the logit, not a rounding error
-    bias = torch.stack([t.total for t in dec.terms[1:]]).sum(0)
+    bias = torch.stack([t.contribution for t in dec.terms[1:]]).sum(0)
     assert bias.abs().min() > 1e-3
 
 

@@ -8,16 +8,16 @@
 The engine knows nothing of any UI: torch in, torch out.
 """
 
-from tgrad.decompose import Decomposition, NotDecomposableError, decompose
+from tgrad.decompose import Decomposition, NotDecomposableError, Term, decompose
 from tgrad.models import WeightsUnavailableError, load_model
-from tgrad.tgrad import LayerTerm, TGrad, TGradResult
+from tgrad.tgrad import TGrad, TGradResult
 
 __all__ = [
     "Decomposition",
-    "LayerTerm",
     "NotDecomposableError",
     "TGrad",
     "TGradResult",
+    "Term",
     "WeightsUnavailableError",
     "decompose",
     "load_model",

@@ -36,6 +36,12 @@ from torch import Tensor, nn
 Target = int | Sequence[int] | Tensor | None
 """A target class: None (top-1 of each sample), one int for the whole batch, or one per sample."""
 
+OnGrad = Callable[["Call", Tensor], Tensor | None]
+"""Called during the backward pass with a call and dy/d(its output), as soon as that
+gradient is complete; what it returns is kept in :attr:`Call.grad`. Returning None lets
+the gradient be freed at once, as in a plain backward pass, so a method that reduces
+each gradient as it arrives keeps the memory (and the speed) of a plain backward."""
+
 Keep = Callable[[nn.Module, tuple, Tensor], Tensor | None]
 """Called at forward time with (module, inputs, output); what it returns is kept in
 :attr:`Call.value`. Use it to keep activations, or values derived from them, before a
@@ -51,12 +57,13 @@ class Call:
     module: nn.Module
     value: Tensor | None
     """What the watch's ``keep`` function returned for this call (detached), or None."""
-    source: int | None
-    """Index in :attr:`Record.calls` of the watched call whose output is this call's
-    first input (same tensor object), or None."""
+    index: int
+    """Position of the call in :attr:`Record.calls` (forward order)."""
+    source: Call | None
+    """The watched call whose output is this call's first input (same tensor), or None."""
     grad: Tensor | None = None
-    """dy/d(output of this call), as the output was when the module returned. None if
-    the output does not influence y."""
+    """dy/d(output of this call), as the output was when the module returned (or what
+    ``on_grad`` made of it). None if the output does not influence y."""
 
 
 @dataclass
@@ -133,6 +140,7 @@ def capture(
     x: Tensor,
     target: Target = None,
     watch: Mapping[nn.Module, Keep | None] | None = None,
+    on_grad: OnGrad | None = None,
 ) -> Record:
     """Run ``model(x)`` forward and ``d logit_target / d(...)`` backward, recording calls.
 
@@ -141,6 +149,7 @@ def capture(
         x: the input [B,C,H,W], normalised as the model expects.
         target: the explained class (see :data:`Target`).
         watch: the modules to record, each with an optional ``keep`` function.
+        on_grad: what to keep of each watched call's gradient (default: all of it).
 
     Returns:
         a :class:`Record` with dy/dx and, for every call of a watched module, dy/d(output).
@@ -151,7 +160,7 @@ def capture(
     names = {m: n for n, m in model.named_modules() if m in watch}
     owner = threading.get_ident()
     calls: list[Call] = []
-    producer: dict[int, int] = {}  # id(output tensor) -> index of the call that made it
+    producer: dict[int, Call] = {}  # id(output tensor) -> the call that made it
     outputs: list[Tensor] = []  # keeps the outputs alive, so their ids stay unique
     counts: dict[nn.Module, int] = {}
 
@@ -167,14 +176,16 @@ def capture(
             name=name,
             module=module,
             value=None if value is None else value.detach(),
+            index=len(calls),
             source=producer.get(id(first)) if first is not None else None,
         )
-        index = len(calls)
         calls.append(call)
         outputs.append(output)
-        producer[id(output)] = index
+        producer[id(output)] = call
         if output.requires_grad:
-            output.register_hook(lambda g, c=call: setattr(c, "grad", g))
+            output.register_hook(
+                lambda g, c=call: setattr(c, "grad", g if on_grad is None else on_grad(c, g))
+            )
 
     handles = [m.register_forward_hook(on_forward) for m in names]
     try:

@@ -12,13 +12,12 @@ and turns a :class:`~tgrad.capture.Record` into the list of terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tgrad.capture import Keep, Record, Target, capture
+from tgrad.capture import Call, Keep, Record, Target, capture
 
 BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 """Modules that add a bias (their output is ``W x + b``)."""
@@ -103,15 +102,30 @@ def bias_of(module: nn.Module) -> Tensor | None:
     return getattr(module, "bias", None)
 
 
-def saturation(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-    """The constant part of a Hardtanh/ReLU6 output: ``max`` where saturated high,
-    ``min`` where saturated low, 0 elsewhere (the units where the gradient is 0).
+def saturation_bounds(module: nn.Module) -> tuple[float, ...]:
+    """The non-zero bounds of a Hardtanh, max first (ReLU6: just 6; its 0 adds nothing)."""
+    return tuple(b for b in (module.max_val, module.min_val) if b != 0)
 
-    Computed from the output (a saturated unit holds exactly ``min`` or ``max``), so it
-    is right for in-place activations too.
+
+def saturation(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+    """Where a Hardtanh/ReLU6 unit sits at each non-zero bound: bool [k, *output.shape].
+
+    A saturated unit is a constant (its gradient is 0 there), i.e. a bias. Read from the
+    output, where a saturated unit holds exactly its bound, so it is right for in-place
+    activations too. Boolean masks are one comparison pass and a byte per unit, cheaper
+    than a float tensor of constants (Lite0 has 33 ReLU6 layers).
     """
-    linear = (output > module.min_val) & (output < module.max_val)
-    return output.masked_fill(linear, 0)
+    masks = [output >= module.max_val] if module.max_val != 0 else []
+    if module.min_val != 0:
+        masks.append(output <= module.min_val)
+    return masks[0][None] if len(masks) == 1 else torch.stack(masks)
+
+
+def add_saturation(contribution: Tensor, module: nn.Module, masks: Tensor, grad: Tensor) -> Tensor:
+    """``contribution += bound * mask * grad`` for each bound (in place); returns it."""
+    for mask, bound in zip(masks, saturation_bounds(module), strict=True):
+        contribution.addcmul_(mask, grad, value=bound)
+    return contribution
 
 
 def bias_watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
@@ -125,34 +139,57 @@ def bias_watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
     return watch
 
 
-@dataclass
+@dataclass(frozen=True)
 class Term:
-    """One term of the decomposition: ``C = b * dy/dz`` over a module's output."""
+    """One term of the logit: the input, or one layer's bias (SPEC sections 1 and 2)."""
 
     name: str
     """``"input"``, or the qualified name of the module that adds the bias."""
     kind: str
     """``"input"``, or the module type(s), e.g. ``"Conv2d"``, ``"BatchNorm2d+ReLU6"``."""
     contribution: Tensor
-    """The element-wise contribution C, shaped like the module's output [B,...]."""
+    """Its signed share of the logit [B] (logit units): the sum of ``C = b * dy/dz``."""
+    map: Tensor | None
+    """The layer map ``S = sum over channels of ReLU(C)`` [B,h,w] on the layer's own
+    grid, or None for a non-spatial term (a Linear bias)."""
+    elementwise: Tensor | None = None
+    """C itself, shaped like the module's output [B,...], when asked for (memory)."""
+
+    @property
+    def score(self) -> Tensor:
+        """The term's weight in T-Grad: ``ReLU(contribution)`` [B]."""
+        return self.contribution.clamp(min=0)
 
     @property
     def spatial(self) -> bool:
-        """Whether the term has a map (its output is [B,C,h,w])."""
-        return self.contribution.dim() == 4
+        """Whether the term has a map."""
+        return self.map is not None
 
-    @cached_property
-    def total(self) -> Tensor:
-        """The term's share of the logit [B]: the sum of C over all but the batch axis."""
-        return self.contribution.flatten(1).sum(1)
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The (h, w) grid of the layer map, or None for a non-spatial term."""
+        return None if self.map is None else (self.map.shape[-2], self.map.shape[-1])
 
 
-@dataclass
+def make_term(name: str, kind: str, elementwise: Tensor, keep: bool) -> Term:
+    """Reduce an element-wise contribution C to its term: total, map, and C if ``keep``.
+
+    Without ``keep``, C is ours to overwrite: the ReLU for the map is done in place.
+    """
+    total = elementwise.flatten(1).sum(1)
+    layer_map = None
+    if elementwise.dim() == 4:
+        positive = elementwise.clamp(min=0) if keep else elementwise.clamp_(min=0)
+        layer_map = positive.sum(1)
+    return Term(name, kind, total, layer_map, elementwise if keep else None)
+
+
+@dataclass(frozen=True)
 class Decomposition:
-    """The logit split into an input term and bias terms (forward order)."""
+    """The logit split into an input term and bias terms (input first, forward order)."""
 
     record: Record
-    terms: list[Term]
+    terms: tuple[Term, ...]
 
     @property
     def logit(self) -> Tensor:
@@ -162,7 +199,7 @@ class Decomposition:
     @property
     def gap(self) -> Tensor:
         """``y - sum of all terms`` [B]; zero up to float rounding for supported models."""
-        total = torch.stack([t.total for t in self.terms]).double().sum(0)
+        total = torch.stack([t.contribution for t in self.terms]).double().sum(0)
         return (self.logit.double() - total).to(self.logit.dtype)
 
 
@@ -173,37 +210,59 @@ def _channel_view(module: nn.Module, b: Tensor, like: Tensor) -> Tensor:
     return b.reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
-def terms_from_record(record: Record) -> list[Term]:
-    """The decomposition's terms from a capture made with :func:`bias_watch`.
+class _TermCollector:
+    """Turns each watched call's gradient into its term as soon as the gradient arrives.
 
-    A saturating activation whose input is the output of a biased module is merged
-    into that module's term (one term per layer, SPEC section 2); otherwise it is a
-    term of its own. Calls whose output does not reach the logit give no term.
+    Used as :func:`~tgrad.capture.capture`'s ``on_grad``, so no gradient outlives its
+    use. A saturating activation whose input is the output of a biased module joins that
+    module's term (one term per layer, SPEC section 2): its gradient arrives first (it is
+    later in the forward) and waits for the host's. Otherwise it is a term of its own.
     """
-    x = record.input
-    terms = [Term("input", "input", x * record.input_grad)]
-    by_call: dict[int, Term] = {}
-    for i, call in enumerate(record.calls):
-        if call.grad is None:
-            continue
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.terms: dict[int, Term] = {}  # call index -> term
+        self.waiting: dict[int, list[tuple[Call, Tensor]]] = {}  # host index -> activations
+
+    def __call__(self, call: Call, grad: Tensor) -> None:
+        host = call.source
         if call.value is not None:  # a saturating activation
-            contribution = call.value * call.grad
-            host = by_call.get(call.source) if call.source is not None else None
-            if host is not None and host.contribution.shape == contribution.shape:
-                host.contribution += contribution  # a fresh tensor of ours
-                host.kind += f"+{type(call.module).__name__}"
-                continue
-        else:
-            b = bias_of(call.module).detach()
-            contribution = _channel_view(call.module, b, call.grad) * call.grad
-        term = Term(call.name, type(call.module).__name__, contribution)
-        by_call[i] = term
-        terms.append(term)
-    return terms
+            if host is not None and host.value is None and host.index not in self.terms:
+                self.waiting.setdefault(host.index, []).append((call, grad))
+                return
+            self._add(call, add_saturation(torch.zeros_like(grad), call.module, call.value, grad))
+            return
+        b = bias_of(call.module).detach()
+        contribution = _channel_view(call.module, b, grad) * grad
+        kind = type(call.module).__name__
+        for activation, act_grad in self.waiting.pop(call.index, []):
+            add_saturation(contribution, activation.module, activation.value, act_grad)
+            kind += f"+{type(activation.module).__name__}"
+        self._add(call, contribution, kind)
+
+    def _add(self, call: Call, contribution: Tensor, kind: str | None = None) -> None:
+        kind = kind or type(call.module).__name__
+        self.terms[call.index] = make_term(call.name, kind, contribution, self.keep)
+
+    def finish(self, record: Record) -> tuple[Term, ...]:
+        """The input term, then all terms in forward order."""
+        for calls in self.waiting.values():  # hosts whose gradient never came
+            for activation, grad in calls:
+                contribution = torch.zeros_like(grad)
+                self._add(
+                    activation,
+                    add_saturation(contribution, activation.module, activation.value, grad),
+                )
+        inputs = make_term("input", "input", record.input * record.input_grad, self.keep)
+        return (inputs, *(self.terms[i] for i in sorted(self.terms)))
 
 
 def decompose(
-    model: nn.Module, x: Tensor, target: Target = None, strict: bool = True
+    model: nn.Module,
+    x: Tensor,
+    target: Target = None,
+    strict: bool = True,
+    keep_elementwise: bool = False,
 ) -> Decomposition:
     """Split the target logit of each sample into its input term and bias terms.
 
@@ -214,11 +273,15 @@ def decompose(
         strict: refuse models that cannot be decomposed (see :func:`check_decomposable`)
             and results whose completeness gap exceeds the float32 tolerance. With
             ``strict=False`` the terms are computed anyway and ``gap`` tells how far off.
+        keep_elementwise: also keep every term's element-wise contribution C (as much
+            memory as the activations); by default each is reduced to its total and map
+            during the backward pass and freed.
     """
     if strict:
         check_decomposable(model)
-    record = capture(model, x, target, bias_watch(model))
-    result = Decomposition(record, terms_from_record(record))
+    collector = _TermCollector(keep_elementwise)
+    record = capture(model, x, target, bias_watch(model), on_grad=collector)
+    result = Decomposition(record, collector.finish(record))
     if strict:
         check_gap(result)
     return result

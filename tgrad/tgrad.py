@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tgrad.capture import Target
-from tgrad.decompose import Decomposition, check_decomposable, check_gap, decompose
+from tgrad.decompose import Decomposition, Term, check_decomposable, check_gap, decompose
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -39,40 +39,11 @@ def phi(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.where(total > 0, up / torch.where(total > 0, total, 1.0), 0.0)
 
 
-@dataclass(frozen=True)
-class LayerTerm:
-    """One term of the logit: the input, or one layer's bias."""
-
-    name: str
-    """``"input"`` or the qualified name of the module that adds the bias."""
-    kind: str
-    """``"input"`` or the module type(s), e.g. ``"Conv2d"``, ``"BatchNorm2d+ReLU6"``."""
-    contribution: Tensor
-    """Its signed share of the logit [B] (logit units): ``<b_t, dy/dz_t>``."""
-    map: Tensor | None
-    """The layer map ``S_t = sum_c ReLU(C_t)`` [B,h,w] on the layer's own grid, or
-    None for a non-spatial term (a Linear bias)."""
-
-    @property
-    def score(self) -> Tensor:
-        """The term's weight in T-Grad: ``ReLU(contribution)`` [B]."""
-        return self.contribution.clamp(min=0)
-
-    @property
-    def grid(self) -> tuple[int, int] | None:
-        """The (h, w) grid of the layer map, or None for a non-spatial term."""
-        return None if self.map is None else (self.map.shape[-2], self.map.shape[-1])
-
-    @property
-    def spatial(self) -> bool:
-        """Whether the term has a map."""
-        return self.map is not None
-
-    def weighted_map(self, size: tuple[int, int]) -> Tensor:
-        """``phi(S_t) * score_t`` [B,*size]: this term's part of the T-Grad saliency."""
-        if self.map is None:
-            raise ValueError(f"{self.name} is not spatial: it has a score but no map")
-        return phi(self.map, size) * self.score[:, None, None]
+def weighted_map(term: Term, size: tuple[int, int]) -> Tensor:
+    """``phi(S_t) * score_t`` [B,*size]: one term's part of the T-Grad saliency."""
+    if term.map is None:
+        raise ValueError(f"{term.name} is not spatial: it has a score but no map")
+    return phi(term.map, size) * term.score[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -86,7 +57,7 @@ class TGradResult:
     """The model's logits [B,K]."""
     target: Tensor
     """The explained class of each sample [B]."""
-    terms: tuple[LayerTerm, ...]
+    terms: tuple[Term, ...]
     """The input term first, then every bias term in forward order."""
 
     @property
@@ -101,7 +72,7 @@ class TGradResult:
         return (self.logit.double() - total).to(self.logit.dtype)
 
     @property
-    def spatial_terms(self) -> tuple[LayerTerm, ...]:
+    def spatial_terms(self) -> tuple[Term, ...]:
         """The terms that have a map (input first), as in the paper's Fig. 2."""
         return tuple(t for t in self.terms if t.spatial)
 
@@ -109,32 +80,43 @@ class TGradResult:
         """The T-Grad saliency built from the first ``upto + 1`` spatial terms [B,H,W]."""
         size = tuple(self.saliency.shape[-2:])
         terms = self.spatial_terms[: upto + 1]
-        return torch.stack([t.weighted_map(size) for t in terms]).sum(0)
+        return torch.stack([weighted_map(t, size) for t in terms]).sum(0)
+
+
+def coverage(grid: tuple[int, int], size: tuple[int, int], like: Tensor) -> Tensor:
+    """How much mass upsampling ``grid`` to ``size`` gives each cell of the grid [h,w].
+
+    Bilinear upsampling U is linear, so ``sum(U(S)) = <S, U^T 1>``; this is ``U^T 1``,
+    computed once per grid by differentiating ``sum(U(ones))``.
+    """
+    probe = torch.ones(1, *grid, device=like.device, dtype=like.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (cells,) = torch.autograd.grad(upsample(probe, size).sum(), probe)
+    return cells[0]
 
 
 def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
-    """Formula 8 on a decomposition: reduce every term to its map and score, then sum.
+    """Formula 8 on a decomposition: the terms' maps weighted by their scores, summed.
 
-    Maps that share a grid are upsampled together, one interpolation per grid size
-    (Lite0 has 50 maps on 5 grids), which keeps the kernel count low on a GPU.
+    Upsampling is linear, so for the maps that share a grid
+    ``sum_t score_t * U(S_t) / sum(U(S_t)) = U(sum_t w_t * S_t)`` with
+    ``w_t = score_t / sum(U(S_t))`` and ``sum(U(S_t)) = <S_t, U^T 1>`` (:func:`coverage`):
+    one upsampling per grid size instead of one full-size map per layer. The result
+    equals the term-by-term sum up to float rounding (tested against it).
     """
     size = tuple(dec.record.input.shape[-2:])
-    terms = []
+    by_grid: dict[tuple[int, int], list[Term]] = {}
     for t in dec.terms:
-        layer_map = t.contribution.clamp(min=0).sum(1) if t.spatial else None
-        terms.append(LayerTerm(t.name, t.kind, t.total, layer_map))
-    by_grid: dict[tuple[int, int], list[LayerTerm]] = {}
-    for t in terms:
         if t.spatial:
             by_grid.setdefault(t.grid, []).append(t)
     saliency = torch.zeros(dec.record.input.shape[0], *size, device=dec.record.input.device)
-    for group in by_grid.values():
+    for grid, group in by_grid.items():
         maps = torch.stack([t.map for t in group], 1)  # [B,T,h,w]
         scores = torch.stack([t.score for t in group], 1)  # [B,T]
-        b, n, h, w = maps.shape
-        weighted = phi(maps.reshape(b * n, h, w), size).reshape(b, n, *size)
-        saliency += (weighted * scores[:, :, None, None]).sum(1)
-    return TGradResult(saliency, dec.record.logits, dec.record.target, tuple(terms))
+        mass = (maps * coverage(grid, size, maps)).sum((2, 3))  # sum of each upsampled map
+        weights = torch.where(mass > 0, scores / torch.where(mass > 0, mass, 1.0), 0.0)
+        saliency += upsample(torch.einsum("bthw,bt->bhw", maps, weights), size)
+    return TGradResult(saliency, dec.record.logits, dec.record.target, dec.terms)
 
 
 class TGrad:
