@@ -19,7 +19,8 @@ def reference_tgrad(layers: list[nn.Module], x: torch.Tensor, target: torch.Tens
     """Formula 8 written out plainly for a chain of Conv/Linear/ReLU/pool layers.
 
     No hooks: each biased layer's output keeps its gradient with ``retain_grad``,
-    activations are out of place. Returns (saliency [B,H,W], per-term maps, scores).
+    activations are out of place. Returns (saliency [B,H,W], per-term maps, scores,
+    per-term weighted maps phi(S_t) * score_t).
     """
     x = x.clone().requires_grad_(True)
     h, biased = x, []
@@ -44,7 +45,7 @@ def reference_tgrad(layers: list[nn.Module], x: torch.Tensor, target: torch.Tens
     h.gather(1, target[:, None]).sum().backward()
     contributions = [x * x.grad] + [b.view(1, -1, 1, 1) * z.grad for b, z in biased if z.dim() == 4]
     size = x.shape[-2:]
-    saliency, maps, scores = 0, [], []
+    saliency, maps, scores, weighted = 0, [], [], []
     for c in contributions:
         s = torch.relu(c).sum(1)
         score = torch.relu(c.sum((1, 2, 3)))
@@ -54,7 +55,8 @@ def reference_tgrad(layers: list[nn.Module], x: torch.Tensor, target: torch.Tens
         saliency = saliency + phi * score[:, None, None]
         maps.append(s)
         scores.append(score)
-    return saliency, maps, scores
+        weighted.append(phi * score[:, None, None])
+    return saliency, maps, scores, weighted
 
 
 def tiny_relu_cnn() -> nn.Sequential:
@@ -77,12 +79,15 @@ def tiny_relu_cnn() -> nn.Sequential:
 
 
 def assert_matches_reference(result, layers, x):
-    saliency, maps, scores = reference_tgrad(layers, x, result.target)
+    saliency, maps, scores, weighted = reference_tgrad(layers, x, result.target)
     assert len(result.spatial_terms) == len(maps)
     for term, s, score in zip(result.spatial_terms, maps, scores, strict=True):
         torch.testing.assert_close(term.map, s, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(term.score, score, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.saliency, saliency, rtol=1e-4, atol=1e-7)
+    for k in range(len(weighted)):  # the build-up of Fig. 2, position by position
+        partial = torch.stack(weighted[: k + 1]).sum(0)
+        torch.testing.assert_close(result.cumulative(k), partial, rtol=1e-4, atol=1e-7)
 
 
 def test_formula_8_small_relu_network():

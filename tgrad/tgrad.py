@@ -12,6 +12,7 @@ map's sum (a map summing to 0 stays 0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +28,6 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def phi(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """The paper's phi: upsample maps [B,h,w] to ``size``, then make each sum to 1.
-
-    A map that sums to 0 stays 0.
-    """
-    up = upsample(maps, size)
-    total = up.sum((1, 2), keepdim=True)
-    return torch.where(total > 0, up / torch.where(total > 0, total, 1.0), 0.0)
-
-
-def weighted_map(term: Term, size: tuple[int, int]) -> Tensor:
-    """``phi(S_t) * score_t`` [B,*size]: one term's part of the T-Grad saliency."""
-    if term.map is None:
-        raise ValueError(f"{term.name} is not spatial: it has a score but no map")
-    return phi(term.map, size) * term.score[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -77,10 +61,9 @@ class TGradResult:
         return tuple(t for t in self.terms if t.spatial)
 
     def cumulative(self, upto: int) -> Tensor:
-        """The T-Grad saliency built from the first ``upto + 1`` spatial terms [B,H,W]."""
-        size = tuple(self.saliency.shape[-2:])
-        terms = self.spatial_terms[: upto + 1]
-        return torch.stack([weighted_map(t, size) for t in terms]).sum(0)
+        """The T-Grad saliency built from the first ``upto + 1`` spatial terms [B,H,W]
+        (the paper's Fig. 2 read as a build-up; ``upto = last`` gives :attr:`saliency`)."""
+        return aggregate(self.spatial_terms[: upto + 1], tuple(self.saliency.shape[-2:]))
 
 
 def coverage(grid: tuple[int, int], size: tuple[int, int], like: Tensor) -> Tensor:
@@ -95,27 +78,34 @@ def coverage(grid: tuple[int, int], size: tuple[int, int], like: Tensor) -> Tens
     return cells[0]
 
 
-def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
-    """Formula 8 on a decomposition: the terms' maps weighted by their scores, summed.
+def aggregate(terms: Sequence[Term], size: tuple[int, int]) -> Tensor:
+    """Formula 8 over ``terms``: ``sum_t phi(S_t) * score_t`` [B,*size].
 
-    Upsampling is linear, so for the maps that share a grid
+    ``phi`` upsamples a map (bilinear, align_corners=False) and divides it by its sum (a
+    map summing to 0 stays 0). Upsampling U is linear, so for the maps that share a grid
     ``sum_t score_t * U(S_t) / sum(U(S_t)) = U(sum_t w_t * S_t)`` with
     ``w_t = score_t / sum(U(S_t))`` and ``sum(U(S_t)) = <S_t, U^T 1>`` (:func:`coverage`):
-    one upsampling per grid size instead of one full-size map per layer. The result
-    equals the term-by-term sum up to float rounding (tested against it).
+    one upsampling per grid size instead of one full-size map per layer. Equal to the
+    term-by-term sum up to float rounding (tested against a plain implementation).
     """
-    size = tuple(dec.record.input.shape[-2:])
     by_grid: dict[tuple[int, int], list[Term]] = {}
-    for t in dec.terms:
+    for t in terms:
         if t.spatial:
             by_grid.setdefault(t.grid, []).append(t)
-    saliency = torch.zeros(dec.record.input.shape[0], *size, device=dec.record.input.device)
+    first = terms[0].contribution
+    saliency = first.new_zeros(first.shape[0], *size)
     for grid, group in by_grid.items():
         maps = torch.stack([t.map for t in group], 1)  # [B,T,h,w]
         scores = torch.stack([t.score for t in group], 1)  # [B,T]
         mass = (maps * coverage(grid, size, maps)).sum((2, 3))  # sum of each upsampled map
         weights = torch.where(mass > 0, scores / torch.where(mass > 0, mass, 1.0), 0.0)
         saliency += upsample(torch.einsum("bthw,bt->bhw", maps, weights), size)
+    return saliency
+
+
+def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
+    """Formula 8 on a decomposition: every spatial term's map, weighted by its score."""
+    saliency = aggregate(dec.terms, tuple(dec.record.input.shape[-2:]))
     return TGradResult(saliency, dec.record.logits, dec.record.target, dec.terms)
 
 
