@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the ruff pinned in requirements-dev.txt, beside this interpreter, before any other
+PINNED = Path(sys.executable).with_name("ruff")
+RUFF = str(PINNED) if PINNED.exists() else shutil.which("ruff")
 
 
-@pytest.mark.skipif(
-    shutil.which("ruff") is None and not Path(sys.executable).with_name("ruff").exists(),
-    reason="ruff is not installed",
-)
+@pytest.mark.skipif(RUFF is None, reason="ruff is not installed")
 def test_ruff_clean():
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    done = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([RUFF, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
