@@ -81,3 +81,16 @@ def test_out_dir_that_is_a_file(tmp_path, capsys):
     code = main(["explain", str(ASSETS / "coffee.jpg"), "--out-dir", str(blocker)])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_several_images_in_one_call(tmp_path, capsys):
+    images = [str(ASSETS / "coffee.jpg"), str(ASSETS / "chelsea.jpg")]
+    assert main(["explain", *images, "--out-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"1\.\s+967 espresso", text)
+    assert re.search(r"1\.\s+28[1-5] ", text)  # a cat class
+    for stem in ("coffee", "chelsea"):
+        assert Image.open(tmp_path / f"{stem}_tgrad.png").size == (224, 224)
+        assert (tmp_path / f"{stem}_tgrad_layers.png").exists()
+    code = main(["explain", *images, "--out", str(tmp_path / "one.png")])
+    assert code == 2 and "--out names one file" in capsys.readouterr().err
