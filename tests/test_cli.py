@@ -27,6 +27,7 @@ def test_explain_prints_top5_and_a_complete_decomposition(tmp_path, capsys):
     assert Image.open(out).size == (224, 224)
     strip = Image.open(tmp_path / "coffee_layers.png")
     assert strip.size[0] > 1000  # 8 panels per row
+    assert Image.open(tmp_path / "coffee_terms.png").size[0] > 600  # a bar per term
 
 
 def test_target_by_name(tmp_path, capsys):

@@ -70,12 +70,13 @@ def _explain(args: argparse.Namespace) -> int:
         pixels = loaded.preprocessing.to_pixels(x[0].cpu())
         overlay_path = Path(args.out) if args.out else out_dir / f"{Path(path).stem}_tgrad.png"
         strip_path = overlay_path.with_name(overlay_path.stem + "_layers.png")
+        chart_path = overlay_path.with_name(overlay_path.stem + "_terms.png")
         Image.fromarray(viz.overlay(pixels, result.saliency[0].cpu(), args.alpha)).save(
             overlay_path
         )
-        fig = viz.layer_strip(result, pixels)
-        fig.savefig(strip_path, dpi=120)
-        print(f"wrote {overlay_path} and {strip_path}")
+        viz.layer_strip(result, pixels).savefig(strip_path, dpi=120)
+        viz.decomposition_chart(result).savefig(chart_path, dpi=120)
+        print(f"wrote {overlay_path}, {strip_path} and {chart_path}")
     return 0
 
 
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tgrad``."""
     parser = argparse.ArgumentParser(prog="python -m tgrad", description="T-Grad explanations")
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("explain", help="explain images: top-5, decomposition, overlay, layer maps")
+    ex = sub.add_parser(
+        "explain", help="explain images: top-5, decomposition, overlay, layer maps, term chart"
+    )
     ex.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     ex.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     ex.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
