@@ -10,6 +10,7 @@ from tests.nets import perturb, small_cnn
 from tgrad.capture import capture
 from tgrad.decompose import (
     NotDecomposableError,
+    TermCollector,
     bias_of,
     bias_watch,
     completeness_tolerance,
@@ -163,3 +164,43 @@ def test_non_strict_reports_gap_for_gelu():
     torch.manual_seed(0)
     dec = decompose(Swishy(nn.GELU()).eval(), torch.randn(2, 3, 8, 8) * 3, strict=False)
     assert dec.gap.abs().max() > 1e-3
+
+
+def keep_output(module, inputs, output):
+    return output.clone()  # a float activation, as a CAM method keeps it
+
+
+@pytest.mark.parametrize("net", ["small_cnn", "mobilenet_v2", "hardtanh"])
+def test_term_collector_shares_a_pass_that_watches_every_module(net):
+    # Another method's watch merged in: every module watched, every output kept as a
+    # float tensor (BatchNorm and ReLU6 included). Roles come from the module types, the
+    # saturation masks from the kept outputs: the terms are those of decompose().
+    if net == "small_cnn":
+        model, x = (
+            small_cnn(),
+            torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(9)),
+        )
+    elif net == "mobilenet_v2":
+        torch.manual_seed(0)
+        model = perturb(torchvision.models.mobilenet_v2(weights=None))
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9)) * 3
+    else:
+        model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Hardtanh(-1.0, 1.0), nn.Linear(2, 1))
+        with torch.no_grad():
+            model[0].weight.copy_(torch.eye(2))
+            model[2].weight.copy_(torch.tensor([[5.0, 7.0]]))
+            model[2].bias.fill_(0.5)
+        x = torch.tensor([[-3.0, 0.5], [2.0, -0.25]])
+    expected = decompose(model, x, target=0)
+    collector = TermCollector(keep_elementwise=False)
+    watch = {m: keep_output for m in model.modules()}
+    assert set(collector.watch(model)) <= set(watch)
+    record = capture(model, x, 0, watch, on_grad=collector)
+    terms = collector.finish(record)
+    assert [(t.name, t.kind) for t in terms] == [(t.name, t.kind) for t in expected.terms]
+    for got, want in zip(terms, expected.terms, strict=True):
+        torch.testing.assert_close(got.contribution, want.contribution, rtol=1e-5, atol=1e-5)
+    total = torch.stack([t.contribution for t in terms]).sum(0)
+    torch.testing.assert_close(total, record.logit, rtol=1e-4, atol=1e-4)
+    if net == "hardtanh":  # by hand: -1 * 5 = -5 (low), then 1 * 5 = 5 (high)
+        assert terms[1].contribution.tolist() == pytest.approx([-5.0, 5.0])

@@ -128,13 +128,20 @@ def add_saturation(contribution: Tensor, module: nn.Module, masks: Tensor, grad:
     return contribution
 
 
+def _is_biased(module: nn.Module) -> bool:
+    """Whether a module adds a bias term (BatchNorm always; Conv/Linear when they have one)."""
+    return isinstance(module, _BatchNorm) or (
+        isinstance(module, BIASED) and getattr(module, "bias", None) is not None
+    )
+
+
 def bias_watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
     """The modules whose calls give bias terms, for :func:`~tgrad.capture.capture`."""
     watch: dict[nn.Module, Keep | None] = {}
     for m in model.modules():
         if isinstance(m, SATURATING):
             watch[m] = saturation
-        elif isinstance(m, _BatchNorm) or (isinstance(m, BIASED) and m.bias is not None):
+        elif _is_biased(m):
             watch[m] = None
     return watch
 
@@ -210,33 +217,51 @@ def _channel_view(module: nn.Module, b: Tensor, like: Tensor) -> Tensor:
     return b.reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
-class _TermCollector:
+class TermCollector:
     """Turns each watched call's gradient into its term as soon as the gradient arrives.
 
-    Used as :func:`~tgrad.capture.capture`'s ``on_grad``, so no gradient outlives its
-    use. A saturating activation whose input is the output of a biased module joins that
+    Used as :func:`~tgrad.capture.capture`'s ``on_grad`` with :meth:`watch`'s modules, so
+    no gradient outlives its use; :meth:`finish` then gives the terms. A call's role comes
+    from its module's type: a biased module (:data:`BIASED`) gives ``b * dy/dz``; a
+    saturating activation (:data:`SATURATING`) gives its clipped constants. Calls of any
+    other module are ignored, so the collector can share one capture pass with other
+    methods that watch more modules (dispatching ``on_grad`` by ``call.module``).
+
+    A saturating activation whose input is the output of a biased module joins that
     module's term (one term per layer, SPEC section 2): its gradient arrives first (it is
     later in the forward) and waits for the host's. Otherwise it is a term of its own.
+    Its ``call.value`` is either the mask stack :func:`saturation` keeps or the
+    activation's output itself (a float tensor, when another method keeps activations);
+    the masks are then read from the output.
     """
 
-    def __init__(self, keep: bool) -> None:
-        self.keep = keep
+    def __init__(self, keep_elementwise: bool = False) -> None:
+        self.keep = keep_elementwise
         self.terms: dict[int, Term] = {}  # call index -> term
         self.waiting: dict[int, list[tuple[Call, Tensor]]] = {}  # host index -> activations
 
+    @staticmethod
+    def watch(model: nn.Module) -> dict[nn.Module, Keep | None]:
+        """The modules whose calls give terms, each with its keep function."""
+        return bias_watch(model)
+
     def __call__(self, call: Call, grad: Tensor) -> None:
-        host = call.source
-        if call.value is not None:  # a saturating activation
-            if host is not None and host.value is None and host.index not in self.terms:
+        """Take one call's gradient dy/d(output); keeps nothing in the record."""
+        if isinstance(call.module, SATURATING):
+            host = call.source
+            if host is not None and _is_biased(host.module) and host.index not in self.terms:
                 self.waiting.setdefault(host.index, []).append((call, grad))
                 return
-            self._add(call, add_saturation(torch.zeros_like(grad), call.module, call.value, grad))
+            contribution = torch.zeros_like(grad)
+            self._add(call, add_saturation(contribution, call.module, _masks(call), grad))
+            return
+        if not _is_biased(call.module):
             return
         b = bias_of(call.module).detach()
         contribution = _channel_view(call.module, b, grad) * grad
         kind = type(call.module).__name__
         for activation, act_grad in self.waiting.pop(call.index, []):
-            add_saturation(contribution, activation.module, activation.value, act_grad)
+            add_saturation(contribution, activation.module, _masks(activation), act_grad)
             kind += f"+{type(activation.module).__name__}"
         self._add(call, contribution, kind)
 
@@ -251,10 +276,23 @@ class _TermCollector:
                 contribution = torch.zeros_like(grad)
                 self._add(
                     activation,
-                    add_saturation(contribution, activation.module, activation.value, grad),
+                    add_saturation(contribution, activation.module, _masks(activation), grad),
                 )
+        self.waiting.clear()
         inputs = make_term("input", "input", record.input * record.input_grad, self.keep)
         return (inputs, *(self.terms[i] for i in sorted(self.terms)))
+
+
+def _masks(call: Call) -> Tensor:
+    """The saturation masks of a Hardtanh call, from what its keep function stored."""
+    if call.value is None:
+        raise ValueError(
+            f"{call.name} ({type(call.module).__name__}): no value kept for a saturating "
+            "activation; watch it with tgrad.decompose.saturation or keep its output"
+        )
+    if call.value.dtype == torch.bool:
+        return call.value
+    return saturation(call.module, (), call.value)
 
 
 def decompose(
@@ -279,8 +317,8 @@ def decompose(
     """
     if strict:
         check_decomposable(model)
-    collector = _TermCollector(keep_elementwise)
-    record = capture(model, x, target, bias_watch(model), on_grad=collector)
+    collector = TermCollector(keep_elementwise)
+    record = capture(model, x, target, collector.watch(model), on_grad=collector)
     result = Decomposition(record, collector.finish(record))
     if strict:
         check_gap(result)
