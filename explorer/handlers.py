@@ -20,7 +20,7 @@ Errors a user can cause become ``gr.Error`` with a readable message, never a tra
 from __future__ import annotations
 
 import logging
-import os
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ from explorer.session import (
     available_models,
     content_digest,
     parse_key,
-    read_upload,
 )
+from explorer.uploads import PhotoGate, PhotoRejected, default_gate
 from tgrad.decompose import NotDecomposableError
 from tgrad.images import ImageLoadError
 from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError
@@ -44,6 +44,12 @@ from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError
 log = logging.getLogger(__name__)
 
 NO_PHOTO = "Please upload a photo (or pick one of the bundled photos) first."
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_PHOTOS = tuple(sorted((ROOT / "assets").glob("*.jpg")))
+"""The example photos: the only files outside Gradio's upload folder the app reads."""
+MAX_UPLOAD_MB = 25
+"""The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
+MAX_NUMBER_TEXT = 32
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -51,29 +57,63 @@ def _user_error(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
-Photo = str | os.PathLike | dict | None
-"""A photo input: a path, or Gradio's file payload (``{"path": ..., ...}``) as the
-events deliver it with ``preprocess=False``."""
+Photo = str | dict | None
+"""A photo input: Gradio's file payload (``{"path": ..., ...}``) as the events deliver
+it with ``preprocess=False``, or a path. Checked by a :class:`PhotoGate` before use."""
 
 
-def photo_path(photo: Photo) -> str | None:
-    """The file path of a photo input (None when there is no photo)."""
-    if not photo:
-        return None
-    if isinstance(photo, dict):
-        path = photo.get("path")
-        if not path:
-            raise _user_error("The photo did not arrive as a file; please upload it.", "No photo")
-        return str(path)
-    return os.fspath(photo)
+def number(value: object, name: str, low: float, high: float, default: float) -> float:
+    """A number from the page or a raw API payload, clipped to [low, high].
+
+    None gives ``default``; finite ints, floats and short numeric strings are accepted;
+    anything else (text, a bool, NaN, infinity, a huge digit string) is a user error naming
+    ``name`` and its range.
+    """
+    if value is None:
+        return default
+    bad = _user_error(f"{name} must be a number from {low:g} to {high:g}.", "Invalid value")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad
+    if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT:
+        raise bad
+    try:
+        result = float(value)
+    except (ValueError, OverflowError) as error:
+        raise bad from error
+    if not math.isfinite(result):
+        raise bad
+    return min(max(result, low), high)
+
+
+def choice(value: object, choices: Sequence[str], name: str, default: str) -> str:
+    """One of ``choices`` (None or "" gives ``default``); else a user error that lists them
+    without echoing what was sent."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and value in choices:
+        return value
+    raise _user_error(f"{name} must be one of: {', '.join(choices)}.", "Invalid choice")
 
 
 class Handlers:
     """The callbacks of one app, bound to a session and the models it may load."""
 
-    def __init__(self, session: Session | None = None, models: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        session: Session | None = None,
+        models: Sequence[str] | None = None,
+        gate: PhotoGate | None = None,
+    ) -> None:
         self.session = session or SESSION
         self.models = tuple(models) if models is not None else tuple(available_models())
+        self.gate = gate or default_gate(BUNDLED_PHOTOS, MAX_UPLOAD_MB * 1024 * 1024)
+
+    def read_photo(self, image: Photo) -> bytes | None:
+        """The bytes of the photo input, through the gate (None: no photo)."""
+        try:
+            return self.gate.read(image)
+        except PhotoRejected as error:
+            raise _user_error(str(error), "Cannot use this file") from error
 
     # ---------------------------------------------------------------- heavy: explain
 
@@ -81,36 +121,36 @@ class Handlers:
         self, image: Photo, model: str | None, target: str | None, progress: Any = None
     ) -> Explanation:
         """The explanation for these inputs (cached), or gr.Error with a readable message."""
-        image = photo_path(image)
-        if not image:
+        model = choice(model, self.models, "The model", DEFAULT_MODEL)
+        data = self.read_photo(image)
+        if data is None:
             raise _user_error(NO_PHOTO, "No photo")
-        model = model or DEFAULT_MODEL
-        if model not in self.models:
-            choices = ", ".join(self.models)
-            raise _user_error(f"Unknown or unavailable model {model!r}; use {choices}.", "Model")
+        return self._explain(data, model, target, progress)
 
+    def _explain(self, data: bytes, model: str, target: Any, progress: Any = None) -> Explanation:
         def report(fraction: float, what: str) -> None:
             if progress is not None:
                 progress(fraction, desc=what)
 
         try:
-            return self.session.explain(image, model, target, report)
+            return self.session.explain(data, model, target, report)
         except ImageLoadError as error:
-            message = f"{Path(image).name}: {error}"
-            raise _user_error(message, "Cannot use this file") from error
+            raise _user_error(str(error), "Cannot use this file") from error
         except WeightsUnavailableError as error:
-            raise _user_error(str(error), "Model not available") from error
+            log.warning("model %s unavailable: %s", model, error)
+            raise _user_error(
+                f"The weights of {model} are not available on this server.", "Model not available"
+            ) from error
         except NotDecomposableError as error:
             raise _user_error(str(error), "Model cannot be explained") from error
-        except ValueError as error:  # unknown class or model name
+        except ValueError as error:  # unknown class (messages written for users)
             raise _user_error(str(error), "Invalid choice") from error
         except MemoryError as error:
             raise _user_error("Not enough memory to explain this photo.", "Too large") from error
         except Exception as error:  # anything else: log it, show a short message
-            log.exception("explaining %r failed", image)
+            log.exception("explaining a photo with %s failed", model)
             raise gr.Error(
-                f"Explaining failed unexpectedly ({type(error).__name__}). "
-                "Please try another photo."
+                "Explaining failed unexpectedly. Please try another photo.", title="Error"
             ) from error
 
     def explain(
@@ -122,9 +162,10 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> tuple[Any, dict[str, float], dict[str, Any], str]:
         """Explain a photo: (saliency overlay PNG, top-5, decomposition, cache key)."""
+        alpha = number(opacity, "The opacity", 0.0, 1.0, 0.5)
         explanation = self.compute(image, model, target, progress)
         return (
-            render.saliency_overlay(explanation, opacity),
+            render.saliency_overlay(explanation, alpha),
             render.top5_label(explanation),
             render.decomposition(explanation),
             explanation.key,
@@ -150,22 +191,31 @@ class Handlers:
 
         Recomputing needs the photo: with a key (evicted from the cache) only if the
         photo is still the one explained, with its model and target; without a key
-        (cached examples, API clients) with the default model and the top-1 class.
+        (cached examples, API clients) with the default model and the top-1 class. The
+        photo goes through the same gate as for Explain, and the computation waits for
+        the same process-wide slots.
         """
-        explanation = self.session.lookup(key)
-        image = photo_path(image)
-        if explanation is not None or not image:
+        explanation = self.session.lookup(key if isinstance(key, str) else None)
+        if explanation is not None:
             return explanation
+        data = self.read_photo(image)
+        if data is None:
+            return None
         model, target = DEFAULT_MODEL, None
-        parsed = parse_key(key)
+        parsed = parse_key(key if isinstance(key, str) else None)
         if parsed is not None:
             digest, model, target = parsed
-            try:
-                if content_digest(read_upload(image)) != digest:
-                    return None  # a new photo, not explained yet: keep what is shown
-            except ImageLoadError:
-                return None
-        return self.compute(image, model, None if target is None else str(target))
+            if content_digest(data) != digest or model not in self.models:
+                return None  # a new photo, not explained yet: keep what is shown
+        return self._explain(data, model, target)
+
+    def _view(self, position: object, mode: object, opacity: object) -> tuple[float, str, float]:
+        """The three view controls, checked: (position, mode, opacity)."""
+        return (
+            number(position, "The layer position", 0.0, 1e6, 0.0),
+            choice(mode, render.MODES, "The view", render.ALONE),
+            number(opacity, "The opacity", 0.0, 1.0, 0.5),
+        )
 
     def show_layers(
         self,
@@ -176,6 +226,7 @@ class Handlers:
         image: Photo = None,
     ) -> tuple[Any, ...]:
         """After an explanation: size the layer slider, draw the layer view and summary."""
+        position, mode, opacity = self._view(position, mode, opacity)
         explanation = self._cached(key, image)
         if explanation is None:
             return (gr.skip(),) * 5
@@ -198,6 +249,7 @@ class Handlers:
         image: Photo = None,
     ) -> tuple[Any, ...]:
         """Layer slider or mode moved: (layer overlay, caption, chart)."""
+        position, mode, opacity = self._view(position, mode, opacity)
         explanation = self._cached(key, image)
         if explanation is None:
             return (gr.skip(),) * 3
@@ -217,6 +269,7 @@ class Handlers:
         image: Photo = None,
     ) -> tuple[Any, ...]:
         """Opacity moved: (saliency overlay, layer overlay)."""
+        position, mode, opacity = self._view(position, mode, opacity)
         explanation = self._cached(key, image)
         if explanation is None:
             return (gr.skip(),) * 2
@@ -232,4 +285,4 @@ class Handlers:
         value = selection.value
         if isinstance(value, dict):  # some Gradio versions send {"label": ...}
             value = value.get("label", "")
-        return str(value)
+        return str(value)[:200]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tgrad.decompose import Term
-from tgrad.images import ImageLoadError, load_image
+from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
 from tgrad.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
 from tgrad.tgrad import TGrad, TGradResult
@@ -38,6 +38,12 @@ TOP1 = "top-1 (predicted)"
 
 MAX_MODELS = 2
 MAX_EXPLANATIONS = 16
+MAX_CONCURRENT_EXPLANATIONS = 2
+"""Explanations computed at once in the whole process, whatever event asks for one."""
+MAX_KEY_LENGTH = 200
+"""The longest cache key (a 32-digit hash, a model name, a class index)."""
+MAX_TARGET_TEXT = 120
+"""The longest class text accepted from a user (the longest ImageNet name has 86)."""
 
 Progress = Callable[[float, str], None]
 """``progress(fraction done, what is happening)``."""
@@ -144,9 +150,16 @@ def parse_target(text: str | int | None, categories: Sequence[str]) -> int | Non
     """
     if text is None:
         return None
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError("The class must be given as a name or an index.")
     value = str(text).strip()
     if value in ("", TOP1):
         return None
+    if len(value) > MAX_TARGET_TEXT:
+        raise ValueError(
+            f"That class text is too long ({len(value)} characters); type a class name "
+            "or its index."
+        )
     head, colon, _ = value.partition(":")
     if colon and head.strip().isdigit():
         value = head.strip()
@@ -236,22 +249,17 @@ def content_key(data: bytes, model: str, target: int | None) -> str:
 
 def parse_key(key: str | None) -> tuple[str, str, int | None] | None:
     """``(digest, model, target)`` from a :func:`content_key` (None if it is not one)."""
-    parts = (key or "").split(":")
-    if len(parts) != 3 or not all(parts) or not (parts[2] == "top1" or parts[2].isdigit()):
+    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+        return None
+    parts = key.split(":")
+    if len(parts) != 3 or not all(parts):
+        return None
+    if not (parts[2] == "top1" or (parts[2].isascii() and parts[2].isdigit())):
+        return None
+    if len(parts[2]) > 6:  # no class index has more digits
         return None
     digest, model, target = parts
     return digest, model, None if target == "top1" else int(target)
-
-
-def read_upload(path: str | os.PathLike) -> bytes:
-    """The bytes of an uploaded file; ImageLoadError (for the user) if it cannot be read."""
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except FileNotFoundError as error:
-        raise ImageLoadError("The uploaded file is gone; please upload it again.") from error
-    except OSError as error:
-        raise ImageLoadError(f"The uploaded file cannot be read ({error.strerror}).") from error
 
 
 class Session:
@@ -265,12 +273,17 @@ class Session:
         max_models: int = MAX_MODELS,
         max_explanations: int = MAX_EXPLANATIONS,
         loader: Callable[[str], LoadedModel] = load_model,
+        max_concurrent: int = MAX_CONCURRENT_EXPLANATIONS,
     ) -> None:
         self.models = ModelCache(max_models, loader)
         self.explanations: LRU[str, Explanation] = LRU(max_explanations)
         self.computed = 0
         """How many explanations were computed (cache misses), for tests and logs."""
         self._count_lock = threading.Lock()
+        self._work = threading.BoundedSemaphore(max_concurrent)
+        """Held while a photo is decoded and explained: the one process-wide limit on
+        heavy work (each costs up to a few hundred MB and a core), whichever event
+        (the Explain button, a model change, a slider on an evicted key) asked for it."""
 
     def lookup(self, key: str | None) -> Explanation | None:
         """The cached explanation for ``key`` (None for an empty, unknown or evicted key)."""
@@ -280,20 +293,21 @@ class Session:
 
     def explain(
         self,
-        image: str | os.PathLike,
+        data: bytes,
         model: str = DEFAULT_MODEL,
         target: str | int | None = None,
         progress: Progress | None = None,
     ) -> Explanation:
-        """Explain the photo at path ``image`` (cached by content, model and target).
+        """Explain the photo whose file bytes are ``data`` (cached by content, model and
+        target). At most ``max_concurrent`` explanations are computed at once in the
+        process; further callers wait their turn (a cache hit never waits).
 
         Raises:
-            ImageLoadError: the file is not a usable image (message for the user).
+            ImageLoadError: the bytes are not a usable image (message for the user).
             ValueError: unknown model or class.
             WeightsUnavailableError: the model's weights are not available.
         """
         report = progress or (lambda fraction, what: None)
-        data = read_upload(image)
         report(0.05, f"loading model {model}")
         entry = self.models.get(model)
         categories = entry.loaded.categories
@@ -302,12 +316,18 @@ class Session:
         cached = self.explanations.get(key)
         if cached is not None:
             return cached
-        report(0.2, "decoding the photo")
-        photo = load_image(io.BytesIO(data))
-        x = entry.loaded.preprocessing(photo)[None]
-        report(0.35, "explaining (forward + backward)")
-        result = entry.explainer(x, target_index)
-        pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
+        report(0.1, "waiting for a free slot")
+        with self._work:
+            cached = self.explanations.get(key)  # computed while this call waited
+            if cached is not None:
+                return cached
+            report(0.2, "decoding the photo")
+            photo = load_image(io.BytesIO(data))
+            x = entry.loaded.preprocessing(photo)[None]
+            del photo
+            report(0.35, "explaining (forward + backward)")
+            result = entry.explainer(x, target_index)
+            pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
         explanation = Explanation(key, model, pixels, result, categories)
         self.explanations.put(key, explanation)
         with self._count_lock:

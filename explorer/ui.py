@@ -20,22 +20,29 @@ import numpy as np
 from PIL import Image
 
 from explorer import render
-from explorer.handlers import Handlers
+from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
 from explorer.session import SESSION, TOP1, Session, available_models, class_choices
 from tgrad import viz
 from tgrad.models import DEFAULT_MODEL, imagenet_categories
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
 GUIDE = (Path(__file__).resolve().parent / "guide.md").read_text(encoding="utf-8")
-MAX_FILE_SIZE = "25mb"
+MAX_FILE_SIZE = f"{MAX_UPLOAD_MB}mb"
+SESSION_CAPACITY = 256
+"""Browser/API sessions whose Gradio state the server keeps (Gradio's default is 10,000).
+
+Gradio keeps a copy of every component's config per session, about 125 KiB here (the
+1001-choice class picker), so 10,000 sessions could hold 1.2 GB; 256 hold about 32 MB,
+and a full classroom's tabs fit. A session evicted early only loses its cache key: its
+next slider move recomputes the explanation from the photo, within the same
+process-wide limit as any other explanation."""
 
 QUEUE_OPTIONS: dict[str, Any] = {"max_size": 32, "default_concurrency_limit": 2}
 """``demo.queue(**QUEUE_OPTIONS)``: at most 32 waiting jobs; 2 explanations at a time."""
 
 LAUNCH_OPTIONS: dict[str, Any] = {
     "max_file_size": MAX_FILE_SIZE,
-    "allowed_paths": [str(ASSETS)],  # the bundled example photos, nothing else
+    "allowed_paths": [str(path) for path in BUNDLED_PHOTOS],  # the photos, nothing else
+    "state_session_capacity": SESSION_CAPACITY,
 }
 """``demo.launch(**LAUNCH_OPTIONS)``; host and port come from GRADIO_SERVER_NAME/PORT."""
 
@@ -49,7 +56,7 @@ def colorbar_pixels() -> np.ndarray:
 
 def example_photos() -> list[list[str]]:
     """The bundled photos, one example row each."""
-    return [[str(path)] for path in sorted(ASSETS.glob("*.jpg"))]
+    return [[str(path)] for path in BUNDLED_PHOTOS]
 
 
 def build_demo(session: Session | None = None) -> gr.Blocks:

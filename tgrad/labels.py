@@ -22,11 +22,13 @@ def find_class(query: str | int, categories: Sequence[str]) -> int:
         ValueError: out of range, unknown, or ambiguous (the message lists candidates).
     """
     text = str(query).strip()
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < len(categories):
-            raise ValueError(f"class index {index} is out of range 0..{len(categories) - 1}")
-        return index
+    digits = text.removeprefix("-")
+    if digits.isascii() and digits.isdigit():
+        if len(digits) > 9 or not 0 <= int(text) < len(categories):
+            raise ValueError(
+                f"class index {_shown(text)} is out of range 0..{len(categories) - 1}"
+            )
+        return int(text)
     lowered = [c.lower() for c in categories]
     if text.lower() in lowered:
         return lowered.index(text.lower())
@@ -34,6 +36,13 @@ def find_class(query: str | int, categories: Sequence[str]) -> int:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise ValueError(f"no class named {text!r}; give an index 0..{len(categories) - 1}")
+        raise ValueError(
+            f"no class named {_shown(text)}; give an index 0..{len(categories) - 1}"
+        )
     shown = ", ".join(f"{i} {categories[i]!r}" for i in matches[:8])
-    raise ValueError(f"{text!r} matches {len(matches)} classes ({shown}); be more precise")
+    raise ValueError(f"{_shown(text)} matches {len(matches)} classes ({shown}); be more precise")
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A user's text as quoted in a message: repr, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
