@@ -1,0 +1,207 @@
+"""The Explain tab: a photo, a model and a class in; the T-Grad overlay, the top-5, and the
+layer slider through the per-layer maps (the paper's Fig. 2) out.
+
+Events, and what they cost:
+
+* Explain button (``/explain`` in the API), a model change, a target change, a click on
+  one of the top-5: a new explanation (cached by photo content, model and target), then
+  a private follow-up that sizes the layer slider and draws the layer view.
+* Layer slider, "alone / up to here" toggle, opacity: re-render the cached explanation
+  only (private endpoints, no progress bar, ``trigger_mode="always_last"``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from explorer import render
+from explorer.handlers import BUNDLED_PHOTOS, Handlers
+from explorer.session import TOP1, class_choices
+from tgrad import viz
+from tgrad.models import imagenet_categories
+
+
+def colorbar_pixels() -> np.ndarray:
+    """The overlays' colour bar (tgrad.viz.colorbar), rendered once to uint8 [H,W,3]."""
+    buffer = io.BytesIO()
+    viz.colorbar().savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def example_photos() -> list[list[str]]:
+    """The bundled photos, one example row each."""
+    return [[str(path)] for path in BUNDLED_PHOTOS]
+
+
+@dataclass(frozen=True)
+class ExplainTab:
+    """The Explain tab's components that other tabs share (same photo, model, class)."""
+
+    image: gr.Image
+    model: gr.Dropdown
+    target: gr.Dropdown
+    key: gr.State
+
+
+def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
+    """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events."""
+    classes = [TOP1, *class_choices(imagenet_categories())]
+    with gr.Tab("Explain", id="explain-tab", elem_id="explain-tab"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                image = gr.Image(
+                    type="filepath",
+                    label="Photo",
+                    sources=["upload", "clipboard"],
+                    format="png",
+                    height=300,
+                    elem_id="input-image",
+                )
+                gr.Examples(
+                    examples=example_photos(),
+                    inputs=[image],
+                    label="Or pick a bundled photo",
+                    elem_id="examples",
+                )
+                model = gr.Dropdown(
+                    models,
+                    value=models[0],
+                    label="Model",
+                    info="Only models whose weights are available are listed.",
+                    elem_id="model",
+                )
+                target = gr.Dropdown(
+                    classes,
+                    value=TOP1,
+                    label="Class to explain",
+                    info="Type to search the 1000 classes, or click a prediction.",
+                    allow_custom_value=True,
+                    filterable=True,
+                    elem_id="target",
+                )
+                explain_button = gr.Button("Explain", variant="primary", elem_id="explain-btn")
+                top5 = gr.Label(
+                    num_top_classes=5,
+                    label="Top-5 predictions (click one to explain it)",
+                    elem_id="top5",
+                )
+            with gr.Column(scale=1, min_width=300):
+                overlay = gr.Image(
+                    label="T-Grad saliency (over the 224 px crop the model saw)",
+                    format="png",
+                    type="numpy",
+                    interactive=False,
+                    height=360,
+                    alt_text="T-Grad saliency map over the photo",
+                    elem_id="overlay",
+                )
+                gr.Image(
+                    colorbar_pixels(),
+                    format="png",
+                    container=False,
+                    interactive=False,
+                    buttons=[],
+                    height=90,
+                    alt_text="Colour bar: blue is low saliency, red is high",
+                    elem_id="colorbar",
+                )
+                opacity = gr.Slider(
+                    0, 1, value=0.5, step=0.05, label="Map opacity", elem_id="opacity"
+                )
+                summary = gr.Markdown(elem_id="summary")
+
+        gr.Markdown("## Layer by layer", elem_id="layers-title")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                layer = gr.Slider(
+                    0,
+                    1,
+                    value=0,
+                    step=1,
+                    label="Position: 0 is the input term, then one per layer map",
+                    interactive=False,
+                    elem_id="layer-slider",
+                )
+                mode = gr.Radio(
+                    list(render.MODES),
+                    value=render.ALONE,
+                    label="Show",
+                    elem_id="layer-mode",
+                )
+                caption = gr.Markdown(elem_id="layer-caption")
+                layer_image = gr.Image(
+                    label="Layer map over the photo",
+                    format="png",
+                    type="numpy",
+                    interactive=False,
+                    height=320,
+                    alt_text="The selected layer's map over the photo",
+                    elem_id="layer-image",
+                )
+            with gr.Column(scale=1, min_width=300):
+                chart = gr.HTML(
+                    "<p>The decomposition of the logit appears here after Explain.</p>",
+                    label="Decomposition of the logit",
+                    show_label=True,
+                    container=True,
+                    css_template=render.CHART_CSS,
+                    elem_id="decomposition-chart",
+                )
+                with gr.Accordion("All numbers (as the API returns them)", open=False):
+                    decomposition = gr.JSON(label="Decomposition", elem_id="decomposition")
+
+    explain_inputs = [image, model, target, opacity]
+    explain_outputs = [overlay, top5, decomposition, key]
+    view_inputs = [key, layer, mode, opacity, image]
+    layer_outputs = [layer, layer_image, caption, chart, summary]
+    # preprocess=False: the photo reaches the handlers as Gradio's file payload, not
+    # opened by gr.Image with PIL first (which turns a text file named .jpg into a
+    # bare "Error"); tgrad.images.load_image decodes it and explains any problem.
+    raw: dict[str, Any] = {"preprocess": False}
+    private: dict[str, Any] = {**raw, "api_visibility": "private", "show_progress": "hidden"}
+    render_options: dict[str, Any] = {
+        **private,
+        "trigger_mode": "always_last",
+        "concurrency_id": "render",
+        "concurrency_limit": 4,
+    }
+
+    explain_button.click(
+        handlers.explain,
+        explain_inputs,
+        explain_outputs,
+        api_name="explain",
+        api_description="Explain a photo: T-Grad overlay (PNG), top-5, decomposition.",
+        concurrency_id="explain",
+        concurrency_limit=2,
+        **raw,
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+
+    gr.on(
+        [model.change, target.change],
+        handlers.explain_if_photo,
+        explain_inputs,
+        explain_outputs,
+        api_visibility="private",
+        concurrency_id="explain",
+        concurrency_limit=2,
+        trigger_mode="always_last",
+        **raw,
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+
+    top5.select(handlers.pick_target, None, target, **private)
+    gr.on(
+        [layer.change, mode.change],
+        handlers.render_layer,
+        view_inputs,
+        [layer_image, caption, chart],
+        **render_options,
+    )
+    opacity.change(handlers.render_opacity, view_inputs, [overlay, layer_image], **render_options)
+    return ExplainTab(image, model, target, key)
