@@ -54,3 +54,43 @@ def test_layer_strip_has_a_panel_per_layer_and_the_aggregate(result, tmp_path):
     assert len(titled) == len(result.spatial_terms) + 1
     assert titled[-1] == "T-Grad (all layers)"
     fig.savefig(tmp_path / "strip.png")
+
+
+def test_robust_normalize_is_not_washed_out_by_one_pixel():
+    # 99 pixels at 1..99 and one outlier at 1e6: min-max scaling puts every ordinary
+    # pixel below 1e-4; the 99th percentile of 100 values (linear interpolation) is
+    # 99 + 0.01 * (1e6 - 99), so pixel v maps to v / that.
+    values = torch.cat([torch.arange(1.0, 100.0), torch.tensor([1e6])]).reshape(10, 10)
+    q = 99 + 0.01 * (1e6 - 99)
+    scaled = viz.robust_normalize(values)
+    assert float(viz.normalize(values)[0, 0]) < 1e-4
+    torch.testing.assert_close(scaled[0, :5], torch.arange(1.0, 6.0) / q)
+    assert float(scaled[9, 9]) == 1.0 and float(scaled.max()) == 1.0
+    # a batch of maps is scaled map by map; negatives clip to 0; an all-zero map stays 0
+    batch = torch.stack([values, -values, torch.zeros(10, 10)])
+    out = viz.robust_normalize(batch)
+    torch.testing.assert_close(out[0], scaled)
+    assert float(out[1].abs().max()) == 0.0 and float(out[2].abs().max()) == 0.0
+
+
+def test_colorize_unit_and_blend():
+    unit = torch.tensor([[0.0, 1.0, 2.0]])  # 2 clips to 1
+    colours = viz.colorize_unit(unit)
+    assert np.array_equal(colours[0, 1], colours[0, 2])
+    assert np.array_equal(colours, viz.colorize(torch.tensor([[0.0, 1.0, 1.0]])))
+    image = np.full((1, 3, 3), 100, np.uint8)
+    assert np.array_equal(viz.blend(image, colours, 0.0), image)
+    assert np.array_equal(viz.blend(image, colours, 1.0), colours)
+
+
+def test_panel_grid_places_every_panel_under_its_title():
+    panels = [(np.full((20, 30, 3), 40 * i, np.uint8), f"panel {i}") for i in range(5)]
+    grid = viz.panel_grid(panels, columns=3, title_height=12, gap=4)
+    assert grid.shape == (2 * (20 + 12 + 4) - 4, 3 * (30 + 4) - 4, 3)
+    for i, (picture, _) in enumerate(panels):
+        top, left = (i // 3) * 36 + 12, (i % 3) * 34
+        assert np.array_equal(grid[top : top + 20, left : left + 30], picture), i
+    assert (grid[:12, :30] < 128).any()  # the title is drawn (black text on white)
+    assert (grid[36 + 12 :, 2 * 34 :] == 255).all()  # the sixth cell is empty: white
+    with pytest.raises(ValueError, match="not"):
+        viz.panel_grid([panels[0], (np.zeros((5, 5, 3), np.uint8), "small")])
