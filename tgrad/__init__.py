@@ -8,7 +8,9 @@
 The engine knows nothing of any UI: torch in, torch out.
 """
 
-from tgrad.decompose import Decomposition, NotDecomposableError, Term, decompose
+# ``tgrad.decompose`` stays the module (it is callable as its ``decompose`` function)
+from tgrad import decompose
+from tgrad.decompose import Decomposition, NotDecomposableError, Term
 from tgrad.models import WeightsUnavailableError, load_model
 from tgrad.tgrad import TGrad, TGradResult
 

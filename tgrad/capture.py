@@ -21,6 +21,11 @@ How gradients are recorded, and why:
 * Hooks are registered per call and removed in ``finally``, so none survives an
   exception, and none exists between calls. A hook ignores forwards run by other
   threads, so several threads may explain with one model at the same time.
+* With ``check_op``, every torch operation of the forward that takes an input-dependent
+  tensor is shown to the check (:class:`Op`), with the innermost module running it. The
+  operations are seen by a :class:`~torch.overrides.TorchFunctionMode`, which is
+  thread-local: only the capturing thread's forward is watched. Work done by the hooks
+  themselves (``keep`` functions, tensor hooks) is not shown.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode, resolve_name
 
 Target = int | Sequence[int] | Tensor | None
 """A target class: None (top-1 of each sample), one int for the whole batch, or one per sample."""
@@ -86,15 +93,105 @@ class Record:
         return self.logits.gather(1, self.target[:, None])[:, 0]
 
 
+@dataclass(frozen=True)
+class Op:
+    """One torch operation of the recorded forward that took an input-dependent tensor."""
+
+    func: Callable
+    args: tuple
+    kwargs: dict
+    output: Any
+    module: nn.Module
+    """The innermost module running when the operation was called."""
+    module_name: str
+    """Its qualified name (``"<model>"`` for the model itself)."""
+    dependent: Callable[[Any], bool]
+    """Whether a value is a tensor that depends on the model's input ``x``."""
+
+    @property
+    def name(self) -> str:
+        """The operation's qualified name, e.g. ``torch.nn.functional.silu``."""
+        return _op_name(self.func)
+
+
+OpCheck = Callable[[Op], None]
+"""Called during the forward after each operation that took an input-dependent tensor
+and returned a floating-point tensor; raise to stop the pass."""
+
+_names: dict[Callable, str] = {}
+
+
+def _op_name(func: Callable) -> str:
+    name = _names.get(func)
+    if name is None:
+        name = resolve_name(func) or getattr(func, "__qualname__", repr(func))
+        _names[func] = name.removesuffix(".__get__")  # properties such as Tensor.data
+    return _names[func]
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """The tensors in a value: the value itself, or those in a tuple or list."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            if isinstance(v, Tensor):
+                yield v
+
+
+class _OpWatch(TorchFunctionMode):
+    """Shows each operation on input-dependent tensors to a check (see :class:`Op`).
+
+    A tensor depends on the input when an operation that took a dependent tensor made it
+    and it is floating point (a comparison's boolean mask or an argmax does not carry
+    the input's value). The module stack is kept by the capture's module hooks.
+    """
+
+    def __init__(self, check: OpCheck, names: dict[nn.Module, str]) -> None:
+        super().__init__()
+        self.check = check
+        self.names = names
+        self.dependents: dict[int, Tensor] = {}  # kept alive, so that their ids stay unique
+        self.stack: list[nn.Module] = []
+        self.paused = False
+
+    def dependent(self, value: Any) -> bool:
+        """Whether ``value`` is (or holds) a tensor made from the input."""
+        return any(id(t) in self.dependents for t in _tensors(value))
+
+    def __torch_function__(
+        self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if self.paused or not (
+            any(self.dependent(a) for a in args) or any(self.dependent(v) for v in kwargs.values())
+        ):
+            return output
+        made = [t for t in _tensors(output) if t.is_floating_point()]
+        if made:
+            module = self.stack[-1]
+            self.check(Op(func, args, kwargs, output, module, self.names[module], self.dependent))
+            for t in made:
+                self.dependents[id(t)] = t
+        return output
+
+
 def resolve_target(target: Target, logits: Tensor) -> Tensor:
     """Turn a target given by the caller into a long tensor [B] on the logits' device.
 
-    ``None`` picks the top-1 class of each sample.
+    ``None`` picks the top-1 class of each sample. A target must be an integer class
+    index: a bool or a float (``1.7``, even ``2.0``) is refused, not rounded.
     """
     batch, classes = logits.shape
     if target is None:
         return logits.argmax(1)
-    t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    t = torch.as_tensor(target, device=logits.device)
+    if isinstance(target, bool) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(
+            f"a target must be an integer class index (or a sequence of them), got {target!r}"
+        )
+    t = t.long().reshape(-1)
     if t.numel() == 1:
         t = t.expand(batch).clone()
     if t.numel() != batch:
@@ -102,6 +199,31 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
     if bool(((t < 0) | (t >= classes)).any()):
         raise ValueError(f"target class out of range 0..{classes - 1}: {t.tolist()}")
     return t
+
+
+def check_input(x: Tensor) -> None:
+    """Raise ValueError unless ``x`` is a finite floating-point batch ``[B, ...]``, B >= 1,
+    and autograd can run (not inside ``torch.inference_mode()``)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"the input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"the input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"the input must be a non-empty batch [B, ...], got {tuple(x.shape)}")
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "gradients cannot be computed inside torch.inference_mode(): call the explainer "
+            "outside that block"
+        )
+    if x.is_inference():
+        raise ValueError(
+            "the input was made inside torch.inference_mode() and cannot take part in "
+            "autograd: pass x.clone() made outside that block"
+        )
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"the input contains {bad} non-finite values (NaN or infinity)")
 
 
 _precision_lock = threading.Lock()
@@ -141,6 +263,8 @@ def capture(
     target: Target = None,
     watch: Mapping[nn.Module, Keep | None] | None = None,
     on_grad: OnGrad | None = None,
+    *,
+    check_op: OpCheck | None = None,
 ) -> Record:
     """Run ``model(x)`` forward and ``d logit_target / d(...)`` backward, recording calls.
 
@@ -150,14 +274,24 @@ def capture(
         target: the explained class (see :data:`Target`).
         watch: the modules to record, each with an optional ``keep`` function.
         on_grad: what to keep of each watched call's gradient (default: all of it).
+        check_op: shown every operation of the forward on input-dependent tensors, with
+            the module running it (see :class:`Op`); it may raise to refuse the model.
 
     Returns:
         a :class:`Record` with dy/dx and, for every call of a watched module, dy/d(output).
         The samples of a batch are independent: y is summed over the batch, which leaves
         each sample's gradients its own (the model must be in eval mode).
+
+    Raises:
+        ValueError: ``x`` is not a finite floating-point batch, a target is not a valid
+            class index, or autograd is off (``torch.inference_mode()``).
     """
+    check_input(x)
     watch = dict(watch or {})
     names = {m: n for n, m in model.named_modules() if m in watch}
+    ops = None
+    if check_op is not None:
+        ops = _OpWatch(check_op, {m: n or "<model>" for n, m in model.named_modules()})
     owner = threading.get_ident()
     calls: list[Call] = []
     producer: dict[int, Call] = {}  # id(output tensor) -> the call that made it
@@ -167,6 +301,16 @@ def capture(
     def on_forward(module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if threading.get_ident() != owner or not isinstance(output, Tensor):
             return
+        if ops is None:
+            record_call(module, inputs, output)
+            return
+        ops.paused = True  # the hooks' own work is no part of the model
+        try:
+            record_call(module, inputs, output)
+        finally:
+            ops.paused = False
+
+    def record_call(module: nn.Module, inputs: tuple, output: Tensor) -> None:
         counts[module] = counts.get(module, 0) + 1
         name = names[module] + (f"#{counts[module]}" if counts[module] > 1 else "")
         keep = watch[module]
@@ -187,11 +331,29 @@ def capture(
                 lambda g, c=call: setattr(c, "grad", g if on_grad is None else on_grad(c, g))
             )
 
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        if threading.get_ident() == owner:
+            ops.stack.append(module)
+
+    def leave(module: nn.Module, inputs: tuple, output: Any) -> None:
+        if threading.get_ident() == owner:
+            ops.stack.pop()
+
     handles = [m.register_forward_hook(on_forward) for m in names]
+    if ops is not None:  # the module stack, for naming the module that runs an operation
+        for m in ops.names:
+            handles.append(m.register_forward_pre_hook(enter))
+            handles.append(m.register_forward_hook(leave))
     try:
         with torch.enable_grad(), exact_float32(x.device):
             x_in = x.detach().requires_grad_(True)
-            logits = model(x_in)
+            if ops is None:
+                logits = model(x_in)
+            else:
+                ops.dependents[id(x_in)] = x_in
+                with ops:
+                    logits = model(x_in)
+                ops.dependents.clear()
             if logits.dim() != 2:
                 raise ValueError(f"the model must return logits [B,K], got {tuple(logits.shape)}")
             t = resolve_target(target, logits.detach())

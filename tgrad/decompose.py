@@ -11,13 +11,16 @@ and turns a :class:`~tgrad.capture.Record` into the list of terms.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
-from tgrad.capture import Call, Keep, Record, Target, capture
+from tgrad.capture import Call, Keep, Op, Record, Target, capture
 
 BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 """Modules that add a bias (their output is ``W x + b``)."""
@@ -25,25 +28,10 @@ BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 SATURATING = (nn.Hardtanh,)  # nn.ReLU6 is a Hardtanh(0, 6)
 """Activations whose saturated units are constants, i.e. biases."""
 
-NEUTRAL = (
-    nn.ReLU,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool2d,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.ZeroPad2d,
-)
-"""Leaf modules that keep completeness with no term of their own."""
+SPATIAL = (nn.Conv2d, _BatchNorm)
+"""Biased modules whose 4-D output is ``[B,C,h,w]`` (channels first), so that a term
+of theirs has a map. A Linear's 4-D output ``[B,h,w,C]`` (applied to channels-last
+features) has none."""
 
 
 class NotDecomposableError(ValueError):
@@ -55,36 +43,178 @@ def completeness_tolerance(logit: Tensor) -> Tensor:
     return 1e-4 * logit.abs().clamp(min=1.0)
 
 
-def unsupported_modules(model: nn.Module) -> list[str]:
-    """Describe every module that breaks completeness, as ``"name (Type): why"``.
+def _label(name: str, module: nn.Module) -> str:
+    return f"{name or '<model>'} ({type(module).__name__})"
 
-    Leaf modules must be biased, saturating or neutral; any module left in training
-    mode is refused, since BatchNorm then uses batch statistics and Dropout is random.
-    Nonlinearities applied outside modules (``F.silu`` in a ``forward``) cannot be seen
-    here; they show up as a completeness gap (see :func:`check_gap`).
+
+def changing_modules(model: nn.Module) -> list[str]:
+    """Describe every BatchNorm that a forward would change: in training mode it updates
+    its running statistics. The engine never runs such a model, strict or not."""
+    return [
+        f"{_label(name, m)}: in training mode, a forward would update its running "
+        "statistics; call model.eval()"
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.training and m.running_mean is not None
+    ]
+
+
+def unsupported_modules(model: nn.Module) -> list[str]:
+    """Describe every module whose state breaks completeness, as ``"name (Type): why"``.
+
+    BatchNorm and Dropout in training mode (batch statistics, random units) and
+    BatchNorm without running statistics. What the modules compute is checked during
+    the forward, operation by operation (:func:`check_op`).
     """
     found = []
     for name, m in model.named_modules():
-        label = f"{name or '<model>'} ({type(m).__name__})"
-        if m.training and isinstance(m, (_BatchNorm, nn.Dropout, nn.Dropout2d)):
-            found.append(f"{label}: in training mode, call model.eval()")
+        if m.training and isinstance(m, (_BatchNorm, _DropoutNd)):
+            found.append(f"{_label(name, m)}: in training mode, call model.eval()")
         elif isinstance(m, _BatchNorm) and m.running_mean is None:
-            found.append(f"{label}: no running statistics (track_running_stats=False)")
-        elif not any(True for _ in m.children()) and not isinstance(
-            m, BIASED + SATURATING + NEUTRAL
-        ):
-            found.append(f"{label}: not piecewise linear")
+            found.append(f"{_label(name, m)}: no running statistics (track_running_stats=False)")
     return found
 
 
-def check_decomposable(model: nn.Module) -> None:
-    """Raise :class:`NotDecomposableError` naming every module that breaks completeness."""
-    found = unsupported_modules(model)
+def _refuse(found: list[str], advice: str) -> None:
     if found:
         raise NotDecomposableError(
             "this model cannot be decomposed exactly into input and bias terms: "
             + "; ".join(found)
-            + ". Pass strict=False to run anyway and report the completeness gap."
+            + advice
+        )
+
+
+def check_decomposable(model: nn.Module) -> None:
+    """Raise :class:`NotDecomposableError` naming every module whose state breaks
+    completeness (see :func:`unsupported_modules`)."""
+    _refuse(
+        unsupported_modules(model),
+        ". Pass strict=False to run anyway and report the completeness gap.",
+    )
+
+
+# Operations on input-dependent tensors, by short name (``torch.Tensor.add_`` -> "add").
+_LINEAR = frozenset(
+    """view reshape flatten unflatten permute transpose t contiguous clone getitem narrow
+    select split chunk unbind tensor_split squeeze unsqueeze expand expand_as repeat tile
+    flip roll movedim moveaxis swapaxes diagonal sum mean neg positive to float double half
+    type_as view_as reshape_as adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
+    avg_pool1d avg_pool2d avg_pool3d interpolate pixel_shuffle pixel_unshuffle
+    channel_shuffle index_select gather repeat_interleave""".split()
+)
+"""Linear in their one data operand: other arguments are shapes, dims or indices."""
+_SUMS = frozenset("add sub rsub cat concat concatenate stack hstack vstack".split())
+"""Sums of their operands: linear when every operand that is not input-dependent is 0."""
+_PIECEWISE = frozenset(
+    """relu leaky_relu abs max_pool1d max_pool2d max_pool3d max_pool1d_with_indices
+    max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d
+    adaptive_max_pool3d max min amax amin""".split()
+)
+"""Piecewise linear and bias-free (a max of linear pieces, a slope per sign)."""
+_CLIPS = frozenset("hardtanh relu6 clamp clip clamp_min clamp_max maximum minimum".split())
+"""Piecewise linear with constant pieces: each non-zero constant is a bias, which only a
+:data:`SATURATING` module's term captures."""
+_PRODUCTS = frozenset("mul div rdiv matmul mm bmm mv einsum tensordot prelu".split())
+"""Linear in one operand when the others do not depend on the input (PReLU: a slope
+per channel)."""
+_AFFINE = frozenset(
+    "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d".split()
+)
+"""``W x + b``: linear in x; the bias must be the one of the module running it."""
+_DROPOUT = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout".split())
+_DUNDERS = {
+    "__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub",
+    "__isub__": "sub", "__rsub__": "rsub", "__mul__": "mul", "__rmul__": "mul",
+    "__imul__": "mul", "__truediv__": "div", "__itruediv__": "div", "__rtruediv__": "rdiv",
+    "__neg__": "neg", "__pos__": "positive", "__abs__": "abs", "__getitem__": "getitem",
+    "__matmul__": "matmul", "__rmatmul__": "matmul",
+}  # fmt: skip
+_NO_TERM = "adds a constant that no bias term captures"
+
+
+def _short_name(qualified: str) -> str:
+    name = qualified.rsplit(".", 1)[-1]
+    name = _DUNDERS.get(name, name)
+    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+
+
+def _argument(op: Op, position: int, keyword: str, default: object = None) -> object:
+    if len(op.args) > position:
+        return op.args[position]
+    return op.kwargs.get(keyword, default)
+
+
+def _constant(op: Op, value: object) -> bool:
+    """Whether ``value`` is a non-zero constant (a number or a tensor not from the input)."""
+    if isinstance(value, Tensor):
+        return not op.dependent(value) and bool(value.any())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+
+
+def _why_not_piecewise_linear(op: Op) -> str | None:
+    """Why an operation on input-dependent tensors breaks completeness, or None."""
+    name = _short_name(op.name)
+    if name in ("max", "min") and isinstance(_argument(op, 1, "other"), Tensor):
+        name = "maximum"  # the element-wise form, which may clip at a constant
+    if name in _LINEAR or name in _PIECEWISE:
+        return None
+    if name in _SUMS:
+        two = name in ("add", "sub", "rsub")
+        operands = op.args[:2] if two else _argument(op, 0, "tensors", ())
+        if any(_constant(op, v) for v in (*operands, op.kwargs.get("other"))):
+            return _NO_TERM
+        return None
+    if name == "pad":
+        mode, value = _argument(op, 2, "mode", "constant"), _argument(op, 3, "value")
+        return _NO_TERM if mode == "constant" and _constant(op, value) else None
+    if name in _CLIPS:
+        bounds = (*op.args[1:], *op.kwargs.values())
+        if any(_constant(op, b) for b in bounds) and not isinstance(op.module, SATURATING):
+            return f"clips at a constant outside a Hardtanh/ReLU6 module, so it {_NO_TERM}"
+        return None
+    if name in ("where", "threshold"):
+        values = op.args[2:] if name == "threshold" else op.args[1:]
+        return _NO_TERM if any(_constant(op, v) for v in values) else None
+    if name in _PRODUCTS:
+        tensors = [a for a in (*op.args, *op.kwargs.values()) if isinstance(a, Tensor)]
+        divisor = _argument(op, 1, "other") if name == "div" else None
+        if sum(map(op.dependent, tensors)) > 1 or name == "rdiv" or op.dependent(divisor):
+            return "multiplies or divides input-dependent tensors (not piecewise linear)"
+        return None
+    if name in _AFFINE:
+        if op.dependent(_argument(op, 1, "weight")):
+            return "takes a weight that depends on the input (not piecewise linear)"
+        bias = _argument(op, 2, "bias")
+        if bias is not None and not (isinstance(op.module, BIASED) and bias is op.module.bias):
+            return f"{_NO_TERM} (a bias not owned by the module running it)"
+        return None
+    if name == "batch_norm":
+        if _argument(op, 5, "training", False):
+            return "normalises with batch statistics (training mode)"
+        if not isinstance(op.module, _BatchNorm):
+            return f"{_NO_TERM} (a BatchNorm shift outside a BatchNorm module)"
+        return None
+    if name in _DROPOUT:
+        return "drops random units (training mode)" if _argument(op, 2, "training", True) else None
+    return "is not piecewise linear"
+
+
+def check_op(op: Op) -> None:
+    """Refuse an operation of the forward that breaks completeness, naming the operation
+    and the module that ran it (the :data:`~tgrad.capture.OpCheck` of strict mode).
+
+    Accepted: linear and structural operations (views, sums of input-dependent tensors,
+    pooling, padding with zeros, interpolation), bias-free piecewise-linear ones (ReLU,
+    LeakyReLU, PReLU, max), products with constants, convolutions and linear maps whose
+    bias belongs to the Conv/Linear module running them, BatchNorm in eval mode inside a
+    BatchNorm module, clipping at non-zero constants inside a Hardtanh/ReLU6 module.
+    Anything else (``silu``, ``sigmoid``, ``layer_norm``, ``softmax``, ``exp``, a product
+    of two activations, a constant added outside a biased module, ...) is refused.
+    """
+    reason = _why_not_piecewise_linear(op)
+    if reason is not None:
+        _refuse(
+            [f"{_label(op.module_name, op.module)} calls {op.name}, which {reason}"],
+            ". Pass strict=False to run anyway and report the completeness gap.",
         )
 
 
@@ -178,14 +308,17 @@ class Term:
         return None if self.map is None else (self.map.shape[-2], self.map.shape[-1])
 
 
-def make_term(name: str, kind: str, elementwise: Tensor, keep: bool) -> Term:
+def make_term(
+    name: str, kind: str, elementwise: Tensor, keep: bool, *, spatial: bool = True
+) -> Term:
     """Reduce an element-wise contribution C to its term: total, map, and C if ``keep``.
 
+    The term gets a map when ``spatial`` (C is laid out ``[B,C,h,w]``) and C is 4-D.
     Without ``keep``, C is ours to overwrite: the ReLU for the map is done in place.
     """
     total = elementwise.flatten(1).sum(1)
     layer_map = None
-    if elementwise.dim() == 4:
+    if spatial and elementwise.dim() == 4:
         positive = elementwise.clamp(min=0) if keep else elementwise.clamp_(min=0)
         layer_map = positive.sum(1)
     return Term(name, kind, total, layer_map, elementwise if keep else None)
@@ -267,7 +400,8 @@ class TermCollector:
 
     def _add(self, call: Call, contribution: Tensor, kind: str | None = None) -> None:
         kind = kind or type(call.module).__name__
-        self.terms[call.index] = make_term(call.name, kind, contribution, self.keep)
+        term = make_term(call.name, kind, contribution, self.keep, spatial=_spatial(call))
+        self.terms[call.index] = term
 
     def finish(self, record: Record) -> tuple[Term, ...]:
         """The input term, then all terms in forward order."""
@@ -281,6 +415,18 @@ class TermCollector:
         self.waiting.clear()
         inputs = make_term("input", "input", record.input * record.input_grad, self.keep)
         return (inputs, *(self.terms[i] for i in sorted(self.terms)))
+
+
+def _spatial(call: Call | None) -> bool:
+    """Whether a call's output is channels first: a Conv2d's or BatchNorm's; a saturating
+    activation's when its input is (assumed when no watched module made its input)."""
+    if call is None:
+        return True
+    if isinstance(call.module, SPATIAL):
+        return True
+    if isinstance(call.module, SATURATING):
+        return _spatial(call.source)
+    return False
 
 
 def _masks(call: Call) -> Tensor:
@@ -308,17 +454,33 @@ def decompose(
         model: a classifier in eval mode whose nonlinearities are piecewise linear.
         x: input [B,C,H,W], normalised as the model expects.
         target: the explained class (None: top-1 of each sample).
-        strict: refuse models that cannot be decomposed (see :func:`check_decomposable`)
-            and results whose completeness gap exceeds the float32 tolerance. With
-            ``strict=False`` the terms are computed anyway and ``gap`` tells how far off.
+        strict: refuse models that cannot be decomposed: modules in training mode
+            (:func:`check_decomposable`, before the forward), any operation of the
+            forward that is not piecewise linear or adds an uncaptured constant
+            (:func:`check_op`, naming the operation and the module), and results whose
+            completeness gap exceeds the float32 tolerance. With ``strict=False`` the
+            terms are computed anyway and ``gap`` tells how far off.
         keep_elementwise: also keep every term's element-wise contribution C (as much
             memory as the activations); by default each is reduced to its total and map
             during the backward pass and freed.
+
+    Raises:
+        NotDecomposableError: (strict) see above; strict or not, a model whose forward
+            would change it (BatchNorm in training mode updates its running statistics).
+        ValueError: a bad input or target (see :func:`~tgrad.capture.capture`).
     """
+    _refuse(changing_modules(model), ".")
     if strict:
         check_decomposable(model)
     collector = TermCollector(keep_elementwise)
-    record = capture(model, x, target, collector.watch(model), on_grad=collector)
+    record = capture(
+        model,
+        x,
+        target,
+        collector.watch(model),
+        on_grad=collector,
+        check_op=check_op if strict else None,
+    )
     result = Decomposition(record, collector.finish(record))
     if strict:
         check_gap(result)
@@ -326,17 +488,34 @@ def decompose(
 
 
 def check_gap(result: Decomposition) -> None:
-    """Raise if the completeness gap of any sample exceeds the float32 tolerance.
+    """Raise if the completeness gap of any sample exceeds the float32 tolerance, or is
+    not a number (a NaN or infinite logit).
 
-    This catches nonlinearities applied outside modules, which no module scan sees.
+    A second line of defence behind :func:`check_op`: it catches what no operation
+    check names, whatever the cause.
     """
     gap = result.gap.abs()
-    bad = gap > completeness_tolerance(result.logit)
+    bad = ~(gap <= completeness_tolerance(result.logit))  # NaN compares False: bad
     if bool(bad.any()):
-        worst = int(gap.argmax())
+        worst = int(torch.where(bad, gap.nan_to_num(float("inf")), -1.0).argmax())
         raise NotDecomposableError(
             f"completeness gap {float(gap[worst]):.3g} for logit {float(result.logit[worst]):.4g} "
-            "exceeds 1e-4 * max(1, |logit|): the model applies a nonlinearity that is not "
-            "piecewise linear or not a module (e.g. F.silu in forward). Pass strict=False "
-            "to get the terms and the gap anyway."
+            "exceeds 1e-4 * max(1, |logit|): the model computes something that is not "
+            "piecewise linear, or adds a constant that no bias term captures. Pass "
+            "strict=False to get the terms and the gap anyway."
         )
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its function :func:`decompose`.
+
+    ``tgrad.decompose`` names the module (``import tgrad.decompose`` gives the module, as
+    for any other), while ``from tgrad import decompose; decompose(model, x)`` keeps
+    working as it did when the package re-exported the function under that name.
+    """
+
+    def __call__(self, *args: object, **kwargs: object) -> Decomposition:
+        return decompose(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tgrad.capture import Target
-from tgrad.decompose import Decomposition, Term, check_decomposable, check_gap, decompose
+from tgrad.capture import Target, check_input
+from tgrad.decompose import Decomposition, Term, check_decomposable, decompose
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -32,28 +32,39 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 @dataclass(frozen=True)
 class TGradResult:
-    """T-Grad for a batch: the saliency, every term and the logits. All detached."""
+    """T-Grad for a batch: the saliency and the decomposition it was built from. All
+    detached."""
 
     saliency: Tensor
     """The T-Grad saliency [B,H,W] (logit units per pixel; it sums to the sum of the
     scores of the spatial terms)."""
-    logits: Tensor
-    """The model's logits [B,K]."""
-    target: Tensor
-    """The explained class of each sample [B]."""
-    terms: tuple[Term, ...]
-    """The input term first, then every bias term in forward order."""
+    decomposition: Decomposition
+    """The logit split into its terms, with the record of the pass."""
+
+    @property
+    def logits(self) -> Tensor:
+        """The model's logits [B,K]."""
+        return self.decomposition.record.logits
+
+    @property
+    def target(self) -> Tensor:
+        """The explained class of each sample [B]."""
+        return self.decomposition.record.target
+
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        """The input term first, then every bias term in forward order."""
+        return self.decomposition.terms
 
     @property
     def logit(self) -> Tensor:
         """The explained logit y [B]."""
-        return self.logits.gather(1, self.target[:, None])[:, 0]
+        return self.decomposition.logit
 
     @property
     def gap(self) -> Tensor:
         """The completeness gap ``y - sum of all terms`` [B]."""
-        total = torch.stack([t.contribution for t in self.terms]).double().sum(0)
-        return (self.logit.double() - total).to(self.logit.dtype)
+        return self.decomposition.gap
 
     @property
     def spatial_terms(self) -> tuple[Term, ...]:
@@ -62,7 +73,17 @@ class TGradResult:
 
     def cumulative(self, upto: int) -> Tensor:
         """The T-Grad saliency built from the first ``upto + 1`` spatial terms [B,H,W]
-        (the paper's Fig. 2 read as a build-up; ``upto = last`` gives :attr:`saliency`)."""
+        (the paper's Fig. 2 read as a build-up; ``upto = last`` gives :attr:`saliency`).
+
+        Raises:
+            IndexError: ``upto`` is not a position ``0 .. len(spatial_terms) - 1``.
+        """
+        count = len(self.spatial_terms)
+        if isinstance(upto, bool) or not isinstance(upto, int) or not 0 <= upto < count:
+            raise IndexError(
+                f"upto must be a spatial term position 0..{count - 1} "
+                f"(there are {count} spatial terms), got {upto!r}"
+            )
         return aggregate(self.spatial_terms[: upto + 1], tuple(self.saliency.shape[-2:]))
 
 
@@ -106,22 +127,24 @@ def aggregate(terms: Sequence[Term], size: tuple[int, int]) -> Tensor:
 def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
     """Formula 8 on a decomposition: every spatial term's map, weighted by its score."""
     saliency = aggregate(dec.terms, tuple(dec.record.input.shape[-2:]))
-    return TGradResult(saliency, dec.record.logits, dec.record.target, dec.terms)
+    return TGradResult(saliency, dec)
 
 
 class TGrad:
     """T-Grad for a classifier with piecewise-linear activations.
 
-    >>> explainer = TGrad(model)            # checks once that the model decomposes
+    >>> explainer = TGrad(model)            # checks the model's modules
     >>> result = explainer(x, target=None)  # x: [B,3,H,W] normalised; None = top-1
 
-    Hooks exist only during a call and are always removed, so the model is left as it
-    was and one explainer may be used from several threads at once.
+    Every call checks the model again before its forward (it may have been put in
+    training mode since), and never changes it. Hooks exist only during a call and are
+    always removed, so one explainer may be used from several threads at once.
 
     Args:
         model: the classifier, in eval mode, returning logits.
         strict: refuse a model that cannot be decomposed (naming the module and its
-            type), and a result whose completeness gap exceeds ``1e-4 * max(1, |y|)``.
+            type, or the operation that is not piecewise linear and the module calling
+            it), and a result whose completeness gap exceeds ``1e-4 * max(1, |y|)``.
             With ``strict=False`` the result is returned with its gap.
     """
 
@@ -132,8 +155,14 @@ class TGrad:
         self.strict = strict
 
     def __call__(self, x: Tensor, target: Target = None) -> TGradResult:
-        """Explain the target logit of each sample of ``x`` [B,C,H,W]."""
-        dec = decompose(self.model, x, target, strict=False)
-        if self.strict:
-            check_gap(dec)
-        return tgrad_from_decomposition(dec)
+        """Explain the target logit of each sample of ``x`` [B,C,H,W].
+
+        Raises:
+            ValueError: ``x`` is not a finite floating-point image batch [B,C,H,W], or
+                a target is not a class index of the model.
+            NotDecomposableError: see ``strict``.
+        """
+        check_input(x)
+        if x.dim() != 4:
+            raise ValueError(f"T-Grad needs images [B,C,H,W], got shape {tuple(x.shape)}")
+        return tgrad_from_decomposition(decompose(self.model, x, target, strict=self.strict))
