@@ -1,0 +1,350 @@
+"""The engine's guards (issue "Hardening", items 6-9): the model checked on every call and
+never changed, inputs and targets validated, maps only on channels-first grids, and the
+forward watched operation by operation."""
+
+import importlib
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tgrad
+from tests.nets import small_cnn
+from tgrad.capture import capture
+from tgrad.decompose import (
+    Decomposition,
+    NotDecomposableError,
+    check_gap,
+    completeness_tolerance,
+    decompose,
+)
+from tgrad.tgrad import TGrad
+
+
+def image(batch: int = 2, seed: int = 0, size: int = 16) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+# -- item 6: checked on every call, before the forward; the model never changes -------------
+
+
+def test_training_mode_set_after_construction_is_refused_before_the_forward():
+    model = small_cnn()
+    explain = TGrad(model)
+    model.train()
+    before = state_of(model)  # running_mean, running_var, num_batches_tracked
+    with pytest.raises(NotDecomposableError, match=r"bn2 \(BatchNorm2d\): in training mode"):
+        explain(image())
+    assert_same_state(model, before)
+
+
+def test_training_mode_dropout_is_refused_instead_of_a_random_saliency():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)
+    ).eval()
+    explain = TGrad(model)
+    model.train()
+    with pytest.raises(NotDecomposableError, match=r"2 \(Dropout\): in training mode"):
+        explain(image())
+
+
+def test_non_strict_never_updates_batchnorm_statistics():
+    model = small_cnn().train()
+    before = state_of(model)
+    with pytest.raises(NotDecomposableError, match="would update its running statistics"):
+        TGrad(model, strict=False)(image())
+    assert_same_state(model, before)
+
+
+# -- item 7: inputs and targets validated --------------------------------------------------
+
+
+def test_a_non_image_input_is_refused_by_shape():
+    model = nn.Sequential(nn.Linear(10, 2))
+    with pytest.raises(ValueError, match=r"T-Grad needs images \[B,C,H,W\], got shape \(2, 10\)"):
+        TGrad(model)(torch.randn(2, 10))
+
+
+def test_a_nan_input_is_refused_even_where_the_gap_is_nan():
+    model = small_cnn()
+    x = image()
+    x[1, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="1 non-finite values"):
+        TGrad(model)(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        decompose(model, x)
+
+
+def test_a_nan_gap_fails_strict_mode():
+    # finite input, infinite logit: the gap is inf - inf = NaN, which no "gap > tol" flags
+    model = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)
+        model[0].bias.zero_()
+    with pytest.raises(NotDecomposableError, match="completeness gap nan"):
+        decompose(model, torch.tensor([[10.0, 10.0]]), target=0)
+
+
+@pytest.mark.parametrize("target", [1.7, True, 2.0, [1, 0.5], torch.tensor([True, False])])
+def test_a_target_must_be_an_integer_class(target):
+    with pytest.raises(ValueError, match="integer class index"):
+        TGrad(small_cnn())(image(), target=target)
+
+
+@pytest.mark.parametrize("upto", [-1, 3, 100])
+def test_cumulative_refuses_positions_outside_the_spatial_terms(upto):
+    result = TGrad(small_cnn())(image())
+    assert [t.name for t in result.spatial_terms] == ["input", "conv1", "bn2"]
+    with pytest.raises(IndexError, match=rf"upto must be .* 0\.\.2 .*got {upto}"):
+        result.cumulative(upto)
+
+
+def test_inference_mode_gives_a_clear_error():
+    explain = TGrad(small_cnn())
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        explain(image())
+    with torch.inference_mode():
+        x = image()
+    with pytest.raises(ValueError, match=r"inside torch.inference_mode\(\).*x.clone\(\)"):
+        explain(x)
+
+
+# -- item 8: maps only from [B,C,h,w] outputs of spatial modules ---------------------------
+
+
+class ChannelsLast(nn.Module):
+    """A Linear on [B,H,W,C] features: its output [B,H,W,K] is 4-D but not a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(3, 5)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.mix(x.permute(0, 2, 3, 1))).mean((1, 2)))
+
+
+def test_a_linear_on_channels_last_features_has_no_map():
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    x = image(batch=2, seed=3, size=6)
+    result = TGrad(model)(x, target=1)
+    terms = {t.name: t for t in result.terms}
+    assert terms["mix"].map is None and terms["fc"].map is None
+    assert [t.name for t in result.spatial_terms] == ["input"]
+    # so the saliency is the input term alone: S / sum(S) * ReLU(sum(C)), C = x * dy/dx
+    x_in = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x_in)[:, 1].sum(), x_in)
+    contribution = x * grad
+    s = contribution.clamp(min=0).sum(1)
+    expected = (
+        s / s.sum((1, 2), keepdim=True) * contribution.sum((1, 2, 3)).clamp(min=0)[:, None, None]
+    )
+    torch.testing.assert_close(result.saliency, expected, rtol=1e-5, atol=1e-7)
+    assert (result.gap.abs() <= completeness_tolerance(result.logit)).all()
+
+
+# -- item 9: the forward watched operation by operation ------------------------------------
+
+
+class FunctionalSilu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.silu(self.conv(x)).mean((2, 3)))
+
+
+def small_silu() -> nn.Module:
+    torch.manual_seed(0)
+    model = FunctionalSilu().eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(0.01)  # nearly linear: the gap (1.5e-6) is below tolerance
+        model.conv.bias.zero_()
+    return model
+
+
+def test_functional_silu_is_refused_by_name_even_when_the_gap_is_tiny():
+    model, x = small_silu(), image(seed=0, size=8)
+    dec = decompose(model, x, strict=False)  # opt-in: terms plus the measured gap
+    assert 0 < dec.gap.abs().max() < 1e-4  # the gap alone would let it through
+    check_gap(dec)
+    with pytest.raises(
+        NotDecomposableError, match=r"<model> \(FunctionalSilu\) calls torch.nn.functional.silu"
+    ):
+        decompose(model, x)
+
+
+def test_the_gap_stays_a_second_line_of_defence():
+    torch.manual_seed(0)
+    model = FunctionalSilu().eval()
+    dec = decompose(model, image(seed=0, size=8) * 3, strict=False)
+    with pytest.raises(NotDecomposableError, match="completeness gap"):
+        check_gap(dec)
+
+
+class SamePad(nn.Module):
+    """TensorFlow-style "SAME" padding for a 3x3 kernel with stride 2: zeros after."""
+
+    def forward(self, x):
+        return F.pad(x, (0, 1, 0, 1))
+
+
+def test_a_parameter_free_padding_module_is_accepted():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        SamePad(), nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
+    x = image()
+    result = TGrad(model)(x)
+    assert (result.gap.abs() <= completeness_tolerance(result.logit)).all()
+    assert [t.name for t in result.terms] == ["input", "1", "4"]
+    assert result.terms[1].grid == (8, 8)
+
+
+def two_layer(activation: nn.Module) -> nn.Module:
+    model = nn.Sequential(nn.Linear(2, 2), activation, nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
+        model[0].bias.copy_(torch.tensor([0.5, -1.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model[2].bias.copy_(torch.tensor([0.25]))
+    return model.eval()
+
+
+def prelu(slopes: list[float]) -> nn.PReLU:
+    module = nn.PReLU(2)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(slopes))
+    return module
+
+
+@pytest.mark.parametrize(
+    ("activation", "slope"), [(nn.LeakyReLU(0.1), 0.1), (prelu([0.2, 0.7]), 0.2)]
+)
+def test_leaky_relu_and_prelu_are_piecewise_linear_without_bias(activation, slope):
+    # x = (1, 2), slope s on unit 0: z1 = (-0.5, 3), a = (-0.5 s, 3), y = -0.5 s + 6.25;
+    # dy/dz1 = (s, 2), dy/dx = W1^T (s, 2) = (s + 4, 2 - s): input term 1 (s + 4) +
+    # 2 (2 - s) = 8 - s; first bias (0.5, -1) . (s, 2) = 0.5 s - 2; last bias 0.25
+    dec = decompose(two_layer(activation), torch.tensor([[1.0, 2.0]]), target=0)
+    terms = {t.name: t.contribution.item() for t in dec.terms}
+    assert dec.logit.item() == pytest.approx(-0.5 * slope + 6.25)
+    assert terms["input"] == pytest.approx((slope + 4) + 2 * (2 - slope))  # 8 - s
+    assert terms["0"] == pytest.approx(0.5 * slope - 2.0)
+    assert terms["2"] == pytest.approx(0.25)
+    assert list(terms) == ["input", "0", "2"]  # no term of their own
+
+
+class Square(nn.Module):
+    def forward(self, x):
+        return x * x
+
+
+class Shift(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.full((1, 4, 1, 1), 0.5))
+
+    def forward(self, x):
+        return x + self.shift
+
+
+class Block(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(self.conv(x))
+
+
+def wrapped(inner: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), Block(inner), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("inner", "message"),
+    [
+        (Square(), r"1\.inner \(Square\) calls torch.Tensor.mul, which multiplies"),
+        (Shift(), r"1\.inner \(Shift\) calls torch.Tensor.add, which adds a constant"),
+        (nn.GELU(), r"1\.inner \(GELU\) calls torch.nn.functional.gelu, which is not piecewise"),
+        (nn.LayerNorm([4, 6, 6]), r"1\.inner \(LayerNorm\) calls torch.nn.functional.layer_norm"),
+        (nn.Hardswish(), r"1\.inner \(Hardswish\) calls torch.nn.functional.hardswish"),
+    ],
+)
+def test_an_operation_is_refused_by_name_with_the_innermost_module(inner, message):
+    model = wrapped(inner)
+    with pytest.raises(NotDecomposableError, match=message):
+        TGrad(model)(image(size=8))
+    # strict=False runs anyway and reports how far off the terms are
+    result = TGrad(model, strict=False)(image(size=8))
+    assert result.gap.abs().max() > 1e-3
+
+
+def test_the_guard_is_gone_after_a_refused_call():
+    model = wrapped(nn.GELU())
+    with pytest.raises(NotDecomposableError):
+        decompose(model, image(size=8))
+    assert torch._C._len_torch_function_stack() == 0
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    F.gelu(torch.ones(1))  # no check outside the pass
+    assert decompose(small_cnn(), image()).terms  # the next pass is watched afresh
+
+
+def test_capture_without_check_op_watches_nothing():
+    model = wrapped(nn.GELU())
+    record = capture(model, image(size=8), 0)
+    assert record.logits.shape == (2, 2)
+
+
+# -- while in there ------------------------------------------------------------------------
+
+
+def test_tgrad_decompose_is_the_module_and_stays_callable():
+    import tgrad.decompose
+
+    assert isinstance(tgrad.decompose, types.ModuleType)
+    assert importlib.import_module("tgrad.decompose") is tgrad.decompose
+    assert tgrad.decompose.NotDecomposableError is NotDecomposableError
+    dec = tgrad.decompose(small_cnn(), image())  # the package's `decompose` still explains
+    assert isinstance(dec, Decomposition)
+
+
+def test_tgrad_result_holds_its_decomposition():
+    result = TGrad(small_cnn())(image())
+    dec = result.decomposition
+    assert isinstance(dec, Decomposition)
+    assert result.terms is dec.terms and result.logits is dec.record.logits
+    assert torch.equal(result.gap, dec.gap) and torch.equal(result.logit, dec.logit)
+    assert torch.equal(result.target, dec.record.target)
+
+
+def test_models_is_split_and_reexports_every_name():
+    from tgrad import lite, models, preprocessing
+
+    for name in models.__all__:
+        assert hasattr(models, name), name
+    assert models.EfficientNetLite is lite.EfficientNetLite
+    assert models.Conv2dSame is lite.Conv2dSame and models.same_padding is lite.same_padding
+    assert models.Preprocessing is preprocessing.Preprocessing
+    assert models.LITE0_PREPROCESSING is preprocessing.LITE0_PREPROCESSING
+    assert tgrad.load_model is models.load_model
