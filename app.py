@@ -5,6 +5,7 @@
 Runs offline on the bundled EfficientNet-Lite0 weights.
 """
 
+import logging
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -17,5 +18,6 @@ set_torch_threads()  # one thread per explanation (EXPLORER_TORCH_THREADS to cha
 demo = build_demo(SESSION)
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     warm_up(SESSION)  # load the default model now, so that the first click is fast
     demo.queue(**QUEUE_OPTIONS).launch(**LAUNCH_OPTIONS)

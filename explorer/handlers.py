@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from explorer import render
 from explorer.session import (
     SESSION,
     Explanation,
+    MethodMap,
     Session,
+    Stopped,
     available_models,
     content_digest,
     parse_key,
@@ -50,6 +53,7 @@ BUNDLED_PHOTOS = tuple(sorted((ROOT / "assets").glob("*.jpg")))
 MAX_UPLOAD_MB = 25
 """The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
 MAX_NUMBER_TEXT = 32
+MAX_RUNNING_COMPARISONS = 1024
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -107,6 +111,8 @@ class Handlers:
         self.session = session or SESSION
         self.models = tuple(models) if models is not None else tuple(available_models())
         self.gate = gate or default_gate(BUNDLED_PHOTOS, MAX_UPLOAD_MB * 1024 * 1024)
+        self._stops: dict[str, threading.Event] = {}
+        """The Stop flag of each page's running comparison, by Gradio session."""
 
     def read_photo(self, image: Photo) -> bytes | None:
         """The bytes of the photo input, through the gate (None: no photo)."""
@@ -278,6 +284,79 @@ class Handlers:
             render.saliency_overlay(explanation, opacity),
             render.layer_overlay(explanation, index, mode, opacity),
         )
+
+    # ---------------------------------------------------------------- Compare tab
+
+    def compare(
+        self,
+        image: Photo,
+        model: str | None,
+        target: str | None,
+        methods: Sequence[str] | None,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+    ) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Compare methods on a photo: yields (grid picture, timings) as maps arrive.
+
+        The single-pass methods come first, together; each slow one follows alone. The
+        Stop button (:meth:`stop_compare`) ends the running method at its next progress
+        report; the grid then says which methods were stopped.
+        """
+        chosen = self.method_list(methods)
+        explanation = self.compute(image, model, target, progress)
+        stop = self._stop_event(request)
+        done: dict[str, MethodMap] = {}
+        try:
+            for done in self.session.method_maps(explanation, chosen, progress, stop):
+                yield (
+                    render.compare_grid(explanation, chosen, done),
+                    render.compare_timings(explanation, chosen, done),
+                )
+        except Stopped:
+            stopped = [m for m in chosen if m not in done]
+            log.info("comparison stopped by the user; not computed: %s", ", ".join(stopped))
+            yield (
+                render.compare_grid(explanation, chosen, done, stopped),
+                render.compare_timings(explanation, chosen, done, stopped),
+            )
+        except NotDecomposableError as error:
+            raise _user_error(str(error), "Model cannot be explained") from error
+        except MemoryError as error:
+            raise _user_error("Not enough memory for these methods.", "Too large") from error
+        finally:
+            self._stops.pop(self._stop_id(request), None)
+
+    def stop_compare(self, request: gr.Request | None = None) -> None:
+        """The Stop button: tell this page's running comparison to stop."""
+        event = self._stops.get(self._stop_id(request))
+        if event is not None:
+            event.set()
+
+    @staticmethod
+    def _stop_id(request: gr.Request | None) -> str:
+        return str(getattr(request, "session_hash", None) or "")
+
+    def _stop_event(self, request: gr.Request | None) -> threading.Event:
+        event = threading.Event()
+        if len(self._stops) < MAX_RUNNING_COMPARISONS:
+            self._stops[self._stop_id(request)] = event
+        return event
+
+    @staticmethod
+    def method_list(methods: object) -> list[str]:
+        """The methods asked for, checked against the registry (order kept, no repeats)."""
+        from tgrad.methods import METHODS
+
+        if isinstance(methods, str):
+            methods = [methods]
+        if not isinstance(methods, (list, tuple)) or not methods:
+            raise _user_error("Pick at least one method to compare.", "No method")
+        if len(methods) > len(METHODS) or not all(isinstance(m, str) for m in methods):
+            raise _user_error("Pick methods from the list.", "Invalid choice")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise _user_error(f"Unknown method; pick from: {', '.join(METHODS)}.", "Invalid choice")
+        return list(dict.fromkeys(methods))
 
     @staticmethod
     def pick_target(selection: gr.SelectData) -> str:

@@ -9,11 +9,12 @@ matplotlib figure costs 0.3 to 0.5 s per step.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from explorer.session import Explanation
+from explorer.session import Explanation, MethodMap
 from tgrad import viz
 
 ALONE = "this layer alone"
@@ -241,3 +242,86 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         "<th>share</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>"
         "</figure>"
     )
+
+
+# ----------------------------------------------------------------------- the Compare tab
+
+COMPARE_ALPHA = 0.5
+COMPARE_COLUMNS = 4
+NORMALISATION = (
+    f"Every panel uses the same normalisation: the map divided by its own "
+    f"{viz.ROBUST_PERCENTILE:g}th percentile and clipped to [0, 1] (so a few extreme pixels "
+    f"cannot wash out the rest), the same colour map ({viz.DEFAULT_CMAP}: blue low, red "
+    f"high) and the same opacity ({COMPARE_ALPHA:g}). \"shared\" marks the methods that "
+    f"came out of one forward and backward pass together: the time shown is that pass's."
+)
+"""What the Compare tab says under its grid (and the API returns with the timings)."""
+
+_PENDING_GREY = 235
+
+
+def method_label(method: str) -> str:
+    """The name a method goes by on the page, e.g. ``"Integrated Gradients"``."""
+    from tgrad.methods import METHODS
+
+    return METHODS[method].description.partition(":")[0]  # "GradCAM: ..." -> "GradCAM"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _panel_title(found: MethodMap) -> str:
+    shared = "shared " if found.shared_with > 1 else ""
+    return f"{method_label(found.method)} · {shared}{_duration(found.seconds)}"
+
+
+def compare_grid(
+    explanation: Explanation,
+    methods: Sequence[str],
+    done: Mapping[str, MethodMap],
+    stopped: Sequence[str] = (),
+) -> np.ndarray:
+    """The photo, then one overlay per method (a grey panel for one still to come):
+    uint8 [H,W,3]. Every map gets :data:`NORMALISATION`."""
+    pixels = explanation.pixels
+    blank = np.full_like(pixels, _PENDING_GREY)
+    panels = [(pixels, f"Photo · class {explanation.target_label}")]
+    for method in methods:
+        found = done.get(method)
+        if found is None:
+            state = "stopped" if method in stopped else "computing…"
+            panels.append((blank, f"{method_label(method)} · {state}"))
+            continue
+        heat = viz.colorize_unit(viz.robust_normalize(found.map))
+        panels.append((viz.blend(pixels, heat, COMPARE_ALPHA), _panel_title(found)))
+    return viz.panel_grid(panels, columns=COMPARE_COLUMNS)
+
+
+def compare_timings(
+    explanation: Explanation,
+    methods: Sequence[str],
+    done: Mapping[str, MethodMap],
+    stopped: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The ``/compare`` API's JSON: for each method its status and time in milliseconds
+    (for methods computed in one shared pass, the time of that pass and how many shared
+    it), plus the model, the class and the normalisation of the grid."""
+    rows = {}
+    for method in methods:
+        found = done.get(method)
+        if found is None:
+            rows[method] = {"status": "stopped" if method in stopped else "pending"}
+            continue
+        rows[method] = {
+            "status": "done",
+            "ms": round(found.seconds * 1000, 3),
+            "shared_pass_of": found.shared_with,
+            "layer": found.layer,
+        }
+    return {
+        "model": explanation.model,
+        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "normalisation": NORMALISATION,
+        "methods": rows,
+    }

@@ -17,8 +17,9 @@ import hashlib
 import io
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
@@ -40,6 +41,10 @@ MAX_MODELS = 2
 MAX_EXPLANATIONS = 16
 MAX_CONCURRENT_EXPLANATIONS = 2
 """Explanations computed at once in the whole process, whatever event asks for one."""
+STOP_CHUNK = 8
+"""Images per forward for the slow methods: the most work done after Stop is pressed."""
+MAX_METHOD_MAPS = 128
+"""Method maps kept for the Compare tab (a 224 x 224 map is 200 KB: 128 are 25 MB)."""
 MAX_KEY_LENGTH = 200
 """The longest cache key (a 32-digit hash, a model name, a class index)."""
 MAX_TARGET_TEXT = 120
@@ -177,6 +182,10 @@ class Explanation:
     result: TGradResult
     """T-Grad for a batch of one."""
     categories: Sequence[str] = field(repr=False)
+    x: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
+    """The model's input [1,C,H,W] (normalised), for the methods of the Compare tab."""
+    seconds: float = 0.0
+    """How long the T-Grad pass took (wall clock)."""
 
     @cached_property
     def spatial_terms(self) -> tuple[Term, ...]:
@@ -262,6 +271,26 @@ def parse_key(key: str | None) -> tuple[str, str, int | None] | None:
     return digest, model, None if target == "top1" else int(target)
 
 
+@dataclass(frozen=True)
+class MethodMap:
+    """One method's map of an explained photo, as the Compare tab shows it."""
+
+    method: str
+    map: torch.Tensor
+    """The raw map [H,W] at the input's resolution (un-normalised), on the CPU."""
+    seconds: float
+    """Wall-clock time of the computation that made it; for methods that shared one
+    pass, the time of that pass."""
+    shared_with: int = 1
+    """How many methods that pass computed (1: the method ran alone)."""
+    layer: str | None = None
+    """The layer a CAM method used, when it says."""
+
+
+class Stopped(Exception):
+    """The user pressed Stop: the running method gave up at its next progress report."""
+
+
 class Session:
     """The app's engine front: cached models, cached explanations, and counters.
 
@@ -274,12 +303,15 @@ class Session:
         max_explanations: int = MAX_EXPLANATIONS,
         loader: Callable[[str], LoadedModel] = load_model,
         max_concurrent: int = MAX_CONCURRENT_EXPLANATIONS,
+        max_maps: int = MAX_METHOD_MAPS,
     ) -> None:
         self.models = ModelCache(max_models, loader)
         self.explanations: LRU[str, Explanation] = LRU(max_explanations)
         self.computed = 0
         """How many explanations were computed (cache misses), for tests and logs."""
         self._count_lock = threading.Lock()
+        self.maps: LRU[str, MethodMap] = LRU(max_maps)
+        """Maps of the Compare tab's methods, keyed by explanation key and method."""
         self._work = threading.BoundedSemaphore(max_concurrent)
         """Held while a photo is decoded and explained: the one process-wide limit on
         heavy work (each costs up to a few hundred MB and a core), whichever event
@@ -326,14 +358,100 @@ class Session:
             x = entry.loaded.preprocessing(photo)[None]
             del photo
             report(0.35, "explaining (forward + backward)")
+            start = time.perf_counter()
             result = entry.explainer(x, target_index)
+            seconds = time.perf_counter() - start
             pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
-        explanation = Explanation(key, model, pixels, result, categories)
+        explanation = Explanation(key, model, pixels, result, categories, x, seconds)
         self.explanations.put(key, explanation)
         with self._count_lock:
             self.computed += 1
         report(1.0, "done")
         return explanation
+
+    def method_maps(
+        self,
+        explanation: Explanation,
+        methods: Sequence[str],
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[dict[str, MethodMap]]:
+        """The maps of ``methods`` for an explained photo, as they become ready.
+
+        Yields the growing dict of finished maps: first everything cached (T-Grad is the
+        explanation's own saliency: switching tabs recomputes nothing), then the
+        single-pass methods from one shared capture pass, then each slow method alone.
+        Every computation takes one of the process-wide slots; ``stop`` set by another
+        thread makes the running method give up at its next progress report
+        (:class:`Stopped`).
+        """
+        from tgrad.methods import METHODS  # the Compare tab's engine, imported on use
+
+        report = progress or (lambda fraction, what: None)
+        done: dict[str, MethodMap] = {}
+        for method in methods:
+            cached = _tgrad_map(explanation) if method == "tgrad" else None
+            cached = cached or self.maps.get(_map_key(explanation, method))
+            if cached is not None:
+                done[method] = cached
+        yield dict(done)
+        missing = [m for m in methods if m not in done]
+        single = [m for m in missing if METHODS[m].single_pass]
+        slow = [m for m in missing if not METHODS[m].single_pass]
+        groups = ([single] if single else []) + [[m] for m in slow]
+        for number, group in enumerate(groups):
+            names = ", ".join(group)
+
+            def step(fraction: float, number: int = number, names: str = names) -> None:
+                if stop is not None and stop.is_set():
+                    raise Stopped
+                report((number + fraction) / len(groups), f"computing {names}")
+
+            step(0.0)
+            for found in self._compute_maps(explanation, group, step):
+                self.maps.put(_map_key(explanation, found.method), found)
+                done[found.method] = found
+            yield dict(done)
+        report(1.0, "done")
+
+    def _compute_maps(
+        self, explanation: Explanation, methods: Sequence[str], step: Callable[[float], None]
+    ) -> list[MethodMap]:
+        """Run ``methods`` together on the explanation's input, in one slot."""
+        from tgrad.methods import explain as explain_methods
+
+        entry = self.models.get(explanation.model)
+        preprocessing = entry.loaded.preprocessing
+        black = preprocessing.normalize(torch.zeros_like(explanation.x[0]))
+        options = {  # small chunks: Stop is honoured after at most 8 images
+            "integrated_gradients": {"baseline": black, "batch_size": STOP_CHUNK},
+            "smoothgrad": {"batch_size": STOP_CHUNK},
+            "scorecam": {"batch_size": STOP_CHUNK},
+        }
+        with self._work:
+            start = time.perf_counter()
+            maps = explain_methods(
+                entry.loaded.module,
+                explanation.x,
+                target=explanation.target,
+                methods=tuple(methods),
+                options={m: options[m] for m in methods if m in options},
+                progress=lambda method, done, total: step(done / max(total, 1)),
+            )
+            seconds = time.perf_counter() - start
+        layers = getattr(maps, "layers", {})
+        return [
+            MethodMap(name, maps[name][0].detach().cpu(), seconds, len(methods), layers.get(name))
+            for name in methods
+        ]
+
+
+def _map_key(explanation: Explanation, method: str) -> str:
+    return f"{explanation.key}:{method}"
+
+
+def _tgrad_map(explanation: Explanation) -> MethodMap:
+    return MethodMap("tgrad", explanation.result.saliency[0], explanation.seconds)
 
 
 def set_torch_threads(threads: int | None = None) -> int:

@@ -39,11 +39,29 @@ def pixels(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_only_explain_is_in_the_api(client):
+def test_only_explain_and_compare_are_in_the_api(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/explain"]
+    assert list(endpoints) == ["/explain", "/compare"]
     names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert names == ["image", "model", "target", "opacity"]
+    names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
+    assert names == ["image", "model", "target", "methods"]
+
+
+def test_compare_through_the_api(client, server):
+    grid, timings = client.predict(
+        handle_file(str(PHOTOS["rocket"])),
+        DEFAULT_MODEL,
+        "top-1 (predicted)",
+        ["tgrad", "gradcam", "vanilla"],
+        api_name="/compare",
+    )
+    picture = pixels(grid)
+    assert picture.shape == (224 + 22, 4 * 230 - 6, 3)  # the photo and three maps in a row
+    assert list(timings["methods"]) == ["tgrad", "gradcam", "vanilla"]
+    assert all(row["status"] == "done" and row["ms"] > 0 for row in timings["methods"].values())
+    assert timings["methods"]["gradcam"]["shared_pass_of"] == 2  # with vanilla
+    assert "99th percentile" in timings["normalisation"]
 
 
 def test_explain_espresso(client, server):
@@ -65,7 +83,9 @@ def test_explain_espresso(client, server):
 
     session = server[0].SESSION
     explanation = next(
-        session.lookup(k) for k in session.explanations.keys() if k.endswith(":top1")
+        e
+        for e in map(session.lookup, session.explanations.keys())
+        if e.key.endswith(":top1") and e.target == 967
     )
     np.testing.assert_array_equal(image, render.saliency_overlay(explanation, 0.5))
 

@@ -231,3 +231,37 @@ def test_bad_upload_shows_a_readable_message(page, tmp_path_factory, maker, mess
     )
     page.locator("#overlay img").wait_for(state="visible")
     assert page.external == []
+
+
+def test_compare_fills_the_grid_and_stop_stops(page, server):
+    upload(page, PHOTOS["rocket"])
+    page.get_by_role("tab", name="Compare").click()
+    methods = page.locator("#compare-methods")
+    methods.wait_for(state="visible")
+    # the single-pass methods are ticked by default: one shared pass
+    assert methods.get_by_label("CAM · GradCAM", exact=True).is_checked()
+    assert not methods.get_by_label("CAM · ScoreCAM").is_checked()
+    page.get_by_text("Timings (as the /compare API returns them)").click()
+    page.locator("#compare-btn").click()
+    page.locator("#compare-grid img").wait_for(state="visible")
+    page.wait_for_function(  # every method done (the JSON beside the grid says so)
+        "() => { const t = document.querySelector('#compare-timings').innerText;"
+        " return t.includes('input_x_gradient') && !t.includes('pending') }"
+    )
+    assert "99th percentile" in page.locator("#compare-normalisation").inner_text()
+    page.screenshot(path=str(OUTPUT / "e2e_compare.png"), full_page=True)
+    assert error_toasts(page).count() == 0
+
+    # ScoreCAM on Lite0 masks the photo with each of 1280 channels: long enough to stop
+    methods.get_by_label("CAM · ScoreCAM").check()
+    page.locator("#compare-btn").click()
+    page.locator("#compare-grid .progress-text").wait_for(state="visible")
+    page.wait_for_timeout(1500)
+    page.locator("#compare-stop").click()
+    log = OUTPUT / "e2e_server.log"
+    deadline = time.monotonic() + 20
+    while "comparison stopped by the user; not computed: scorecam" not in log.read_text():
+        assert time.monotonic() < deadline, "the server did not stop ScoreCAM"
+        time.sleep(0.25)
+    page.screenshot(path=str(OUTPUT / "e2e_compare_stopped.png"), full_page=True)
+    assert page.page_errors == [] and page.external == []

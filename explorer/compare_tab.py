@@ -1,0 +1,91 @@
+"""The Compare tab: T-Grad beside the paper's ten baselines on the Explain tab's photo.
+
+Same photo, model and class as the Explain tab (its components are this tab's inputs),
+and the same caches: T-Grad's map is the explanation already computed there, and every
+method's map is kept by the session, so switching tabs or comparing again recomputes
+nothing. Compare (``/compare`` in the API) streams a grid: the single-pass methods
+arrive together from one shared pass, the slow ones (ScoreCAM, Integrated Gradients,
+SmoothGrad) one by one with a progress bar; Stop ends the running one.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from explorer import render
+from explorer.explain_tab import ExplainTab
+from explorer.handlers import Handlers
+
+FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient"}
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients)."""
+    from tgrad.methods import METHODS
+
+    order = list(FAMILY_NAMES)
+    ranked = sorted(METHODS.items(), key=lambda item: order.index(item[1].family))  # stable
+    return [(f"{FAMILY_NAMES[m.family]} · {render.method_label(name)}", name) for name, m in ranked]
+
+
+def default_methods() -> list[str]:
+    """The methods ticked at first: every single-pass one (they cost one pass together)."""
+    from tgrad.methods import METHODS
+
+    return [name for name, method in METHODS.items() if method.single_pass]
+
+
+def build(handlers: Handlers, explain: ExplainTab) -> None:
+    """Lay out the Compare tab inside the current ``gr.Tabs`` and wire its events."""
+    with gr.Tab("Compare", id="compare-tab", elem_id="compare-tab"):
+        gr.Markdown(
+            "Put T-Grad beside the CAM and gradient methods on the photo, model and class "
+            "chosen in the **Explain** tab. The single-pass methods share one forward and "
+            "backward pass and appear together; the slow ones follow one by one.",
+            elem_id="compare-intro",
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                methods = gr.CheckboxGroup(
+                    method_choices(),
+                    value=default_methods(),
+                    label="Methods",
+                    info="Grouped by family: bias terms (T-Grad), CAM, gradient.",
+                    elem_id="compare-methods",
+                )
+                with gr.Row():
+                    run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                    stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+            with gr.Column(scale=3, min_width=400):
+                grid = gr.Image(
+                    label="Each method's map over the photo",
+                    show_label=False,
+                    format="png",
+                    type="numpy",
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    alt_text="A grid of saliency maps, one per method",
+                    elem_id="compare-grid",
+                )
+                gr.Markdown(render.NORMALISATION, elem_id="compare-normalisation")
+                with gr.Accordion("Timings (as the /compare API returns them)", open=False):
+                    timings = gr.JSON(label="Timings", elem_id="compare-timings")
+
+    running = run.click(
+        handlers.compare,
+        [explain.image, explain.model, explain.target, methods],
+        [grid, timings],
+        api_name="compare",
+        api_description="Compare methods on a photo: a grid of overlays (PNG) and timings.",
+        concurrency_id="compare",
+        concurrency_limit=2,
+        preprocess=False,
+    )
+    stop.click(
+        handlers.stop_compare,
+        None,
+        None,
+        cancels=[running],
+        queue=False,
+        api_visibility="private",
+    )

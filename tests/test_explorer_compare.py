@@ -1,0 +1,165 @@
+"""The Compare tab's callbacks, called directly: numbers against the engine, caching,
+streaming order, Stop, and hostile method lists."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+import tgrad.methods
+from explorer import render
+from explorer.handlers import BUNDLED_PHOTOS, Handlers
+from explorer.session import Session, set_torch_threads
+from tgrad import viz
+from tgrad.methods import METHODS
+from tgrad.models import DEFAULT_MODEL
+
+SINGLE = [name for name, method in METHODS.items() if method.single_pass]
+PHOTO = str(BUNDLED_PHOTOS[1])
+
+
+class Request:
+    """What Gradio passes as ``gr.Request``: only the session hash is read."""
+
+    def __init__(self, session_hash: str) -> None:
+        self.session_hash = session_hash
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    set_torch_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def counted(monkeypatch) -> list[tuple[str, ...]]:
+    """Every call of the methods engine, by the methods it was asked for."""
+    calls: list[tuple[str, ...]] = []
+    real = tgrad.methods.explain
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(kwargs["methods"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tgrad.methods, "explain", spy)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def handlers() -> Handlers:
+    return Handlers(Session())
+
+
+def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counted):
+    computed = handlers.session.computed
+    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, SINGLE, Request("a")))
+    explanation = next(iter(handlers.session.explanations._items.values()))
+    assert handlers.session.computed == computed + 1  # one T-Grad explanation
+    # first what is cached (T-Grad, from the explanation), then the shared pass, once
+    assert len(steps) == 2 and counted == [tuple(m for m in SINGLE if m != "tgrad")]
+    first, last = steps[0][1]["methods"], steps[1][1]["methods"]
+    assert first["tgrad"]["status"] == "done"
+    assert all(first[m]["status"] == "pending" for m in SINGLE if m != "tgrad")
+    assert all(last[m]["status"] == "done" for m in SINGLE)
+    assert {last[m]["shared_pass_of"] for m in SINGLE if m != "tgrad"} == {len(SINGLE) - 1}
+    # the maps shown are the engine's, number for number
+    reference = tgrad.methods.explain(
+        handlers.session.models.get(DEFAULT_MODEL).loaded.module,
+        explanation.x,
+        target=explanation.target,
+        methods=tuple(SINGLE),
+    )
+    for method in SINGLE:
+        shown = handlers.session.maps.get(f"{explanation.key}:{method}")
+        if method == "tgrad":
+            shown_map = explanation.result.saliency[0]
+        else:
+            shown_map = shown.map
+        torch.testing.assert_close(shown_map, reference[method][0], rtol=1e-5, atol=1e-6)
+    # the grid: the photo and one overlay per method, with the one normalisation
+    grid = steps[-1][0]
+    panels = 1 + len(SINGLE)
+    rows = -(-panels // render.COMPARE_COLUMNS)
+    assert grid.shape == (rows * (224 + 22 + 6) - 6, render.COMPARE_COLUMNS * 230 - 6, 3)
+    gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
+    expected = viz.blend(
+        explanation.pixels,
+        viz.colorize_unit(viz.robust_normalize(gradcam)),
+        render.COMPARE_ALPHA,
+    )
+    index = 1 + SINGLE.index("gradcam")
+    top = (index // render.COMPARE_COLUMNS) * 252 + 22
+    left = (index % render.COMPARE_COLUMNS) * 230
+    assert np.array_equal(grid[top : top + 224, left : left + 224], expected)
+
+
+def test_comparing_again_recomputes_nothing(handlers, counted):
+    list(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam", "vanilla"], Request("b")))
+    counted.clear()
+    computed = handlers.session.computed
+    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["vanilla", "gradcam"], Request("b")))
+    assert counted == [] and handlers.session.computed == computed
+    assert len(steps) == 1 and list(steps[0][1]["methods"]) == ["vanilla", "gradcam"]
+
+
+def test_slow_methods_stream_one_by_one(handlers, counted):
+    methods = ["smoothgrad", "gradcam", "integrated_gradients"]
+    photo = str(BUNDLED_PHOTOS[0])
+    steps = list(handlers.compare(photo, DEFAULT_MODEL, None, methods, Request("c")))
+    assert counted == [("gradcam",), ("smoothgrad",), ("integrated_gradients",)]
+    statuses = [[step[1]["methods"][m]["status"] for m in methods] for step in steps]
+    assert statuses == [
+        ["pending", "pending", "pending"],
+        ["pending", "done", "pending"],
+        ["done", "done", "pending"],
+        ["done", "done", "done"],
+    ]
+
+
+def test_stop_ends_the_running_method(handlers):
+    # the Stop button of this page sets the flag while SmoothGrad runs: it gives up at its
+    # next progress report, and the grid says what was stopped
+    photo = str(BUNDLED_PHOTOS[2])
+    request = Request("stop-me")
+    reports: list[float] = []
+
+    def progress(fraction, desc=None):
+        if desc == "computing smoothgrad":
+            reports.append(fraction)
+            if len(reports) == 2:  # SmoothGrad's first chunk is done: press Stop
+                stopper = threading.Thread(target=handlers.stop_compare, args=(request,))
+                stopper.start()
+                stopper.join()
+
+    steps = list(
+        handlers.compare(photo, DEFAULT_MODEL, None, ["vanilla", "smoothgrad"], request, progress)
+    )
+    final = steps[-1][1]["methods"]
+    assert final["vanilla"]["status"] == "done"
+    assert final["smoothgrad"]["status"] == "stopped"
+    assert len(reports) == 2  # no report after Stop: the next chunk's raised
+    assert "stop-me" not in handlers._stops  # nothing kept after the run
+    explanation = handlers.session.lookup(handlers.compute(photo, DEFAULT_MODEL, None).key)
+    assert handlers.session.maps.get(f"{explanation.key}:smoothgrad") is None
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [None, [], "nonsense", ["gradcam", "nonsense"], [1, 2], ["gradcam"] * 50, {"a": 1}],
+)
+def test_hostile_method_lists_are_refused(handlers, methods):
+    with pytest.raises(gr.Error) as caught:
+        next(handlers.compare(PHOTO, DEFAULT_MODEL, None, methods, Request("d")))
+    assert len(str(caught.value)) < 300 and "nonsense" not in str(caught.value)
+
+
+def test_a_single_method_name_is_accepted(handlers):
+    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, "gradcam", Request("e")))
+    assert list(steps[-1][1]["methods"]) == ["gradcam"]
+    assert steps[-1][1]["methods"]["gradcam"]["layer"]
