@@ -175,7 +175,7 @@ def insertion_deletion(
     with torch.inference_mode(), exact_float32(x.device):
         x = x.detach()
         base = _substrate(x, substrate, blur_kernel, blur_sigma, preprocessing)
-        ranks = _ranks(upsample(saliency.detach().to(x.dtype), (height, width)))
+        ranks = _ranks(upsample(saliency.detach().to(x.device, x.dtype), (height, width)))
         # The unaltered images and the substrates first: they give the target and both
         # ends of both curves.
         ends = torch.cat([x, base])
@@ -250,7 +250,7 @@ def average_drop_increase(
     batch = x.shape[0]
     with torch.inference_mode(), exact_float32(x.device):
         x = x.detach()
-        maps = upsample(saliency.detach().to(x.dtype), tuple(x.shape[-2:]))
+        maps = upsample(saliency.detach().to(x.device, x.dtype), tuple(x.shape[-2:]))
         low = maps.amin((1, 2), keepdim=True)
         span = maps.amax((1, 2), keepdim=True) - low
         mask = torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
