@@ -54,6 +54,9 @@ MAX_UPLOAD_MB = 25
 """The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
 MAX_NUMBER_TEXT = 32
 MAX_RUNNING_COMPARISONS = 1024
+DEFAULT_STEPS = 56
+"""Insertion/deletion steps of the Evaluate tab's quick look (the paper uses 224)."""
+MAX_STEPS = 224
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -341,6 +344,32 @@ class Handlers:
         if len(self._stops) < MAX_RUNNING_COMPARISONS:
             self._stops[self._stop_id(request)] = event
         return event
+
+    # ---------------------------------------------------------------- Evaluate tab
+
+    def evaluate(
+        self,
+        image: Photo,
+        model: str | None,
+        target: str | None,
+        methods: Sequence[str] | None,
+        steps: object = DEFAULT_STEPS,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+    ) -> Iterator[tuple[Any, Any, list[list[Any]]]]:
+        """Score methods on a photo: yields (insertion plot, deletion plot, table) as each
+        method's metrics arrive. ``steps`` is the insertion/deletion step count."""
+        chosen = self.method_list(methods)
+        n_steps = int(number(steps, "The number of steps", 1, MAX_STEPS, DEFAULT_STEPS))
+        explanation = self.compute(image, model, target, progress)
+        try:
+            for done in self.session.method_scores(explanation, chosen, n_steps, progress):
+                yield (
+                    render.score_curves(chosen, done, "insertion"),
+                    render.score_curves(chosen, done, "deletion"),
+                    render.score_table(chosen, done),
+                )
+        except MemoryError as error:
+            raise _user_error("Not enough memory for these methods.", "Too large") from error
 
     @staticmethod
     def method_list(methods: object) -> list[str]:

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from explorer.session import Explanation, MethodMap
+from explorer.session import Explanation, MethodMap, MethodScore
 from tgrad import viz
 
 ALONE = "this layer alone"
@@ -325,3 +326,54 @@ def compare_timings(
         "normalisation": NORMALISATION,
         "methods": rows,
     }
+
+
+# ---------------------------------------------------------------------- the Evaluate tab
+
+SCORE_COLUMNS = (
+    "method",
+    "insertion AUC ↑",
+    "deletion AUC ↓",
+    "insertion - deletion ↑",
+    "Average Drop % ↓",
+    "Increase in Confidence % ↑",
+    "steps",
+    "metrics time (s)",
+)
+
+
+def score_curves(
+    methods: Sequence[str], done: Mapping[str, MethodScore], which: str
+) -> Figure | None:
+    """The insertion (``which="insertion"``) or deletion curves of the scored methods."""
+    scored = [m for m in methods if m in done]
+    if not scored:
+        return None
+    first = done[scored[0]]
+    title = f"{which.capitalize()} ({first.n_steps} steps): most salient pixels " + (
+        "put back first" if which == "insertion" else "removed first"
+    )
+    return viz.curves_figure(
+        first.fractions,
+        {method_label(m): getattr(done[m], which) for m in scored},
+        {method_label(m): getattr(done[m], f"{which}_auc") for m in scored},
+        title,
+    )
+
+
+def score_table(methods: Sequence[str], done: Mapping[str, MethodScore]) -> list[list[Any]]:
+    """One row per scored method, in the order of :data:`SCORE_COLUMNS`."""
+    return [
+        [
+            method_label(m),
+            round(done[m].insertion_auc, 4),
+            round(done[m].deletion_auc, 4),
+            round(done[m].insertion_minus_deletion, 4),
+            round(done[m].average_drop, 2),
+            round(done[m].increase, 1),
+            done[m].n_steps,
+            round(done[m].seconds, 2),
+        ]
+        for m in methods
+        if m in done
+    ]

@@ -18,7 +18,7 @@ import io
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -287,6 +287,32 @@ class MethodMap:
     """The layer a CAM method used, when it says."""
 
 
+@dataclass(frozen=True)
+class MethodScore:
+    """How faithful one method's map is on an explained photo (SPEC 4), for the Evaluate tab."""
+
+    method: str
+    n_steps: int
+    fractions: torch.Tensor
+    """[n_steps+1]: fraction of pixels changed at each point of the curves."""
+    insertion: torch.Tensor
+    """[n_steps+1]: probability of the class as its top-ranked pixels are put back."""
+    deletion: torch.Tensor
+    """[n_steps+1]: probability of the class as its top-ranked pixels are removed."""
+    insertion_auc: float
+    deletion_auc: float
+    average_drop: float
+    """Average Drop % for this one photo: ``100 * max(0, Y - O) / Y``."""
+    increase: float
+    """% Increase in Confidence for this one photo: 100 if ``O > Y``, else 0."""
+    seconds: float
+    """Wall-clock time of the metrics (not of the map)."""
+
+    @property
+    def insertion_minus_deletion(self) -> float:
+        return self.insertion_auc - self.deletion_auc
+
+
 class Stopped(Exception):
     """The user pressed Stop: the running method gave up at its next progress report."""
 
@@ -311,6 +337,8 @@ class Session:
         """How many explanations were computed (cache misses), for tests and logs."""
         self._count_lock = threading.Lock()
         self.maps: LRU[str, MethodMap] = LRU(max_maps)
+        self.scores: LRU[str, MethodScore] = LRU(max_maps)
+        """Insertion/deletion and Average Drop/Increase of those maps, by step count."""
         """Maps of the Compare tab's methods, keyed by explanation key and method."""
         self._work = threading.BoundedSemaphore(max_concurrent)
         """Held while a photo is decoded and explained: the one process-wide limit on
@@ -414,6 +442,62 @@ class Session:
             yield dict(done)
         report(1.0, "done")
 
+    def method_scores(
+        self,
+        explanation: Explanation,
+        methods: Sequence[str],
+        n_steps: int,
+        progress: Progress | None = None,
+    ) -> Iterator[dict[str, MethodScore]]:
+        """The metrics of ``methods``' maps on an explained photo, as they become ready.
+
+        The maps come from :meth:`method_maps` (cached ones are reused); then each map is
+        scored in one of the process-wide slots: insertion and deletion at ``n_steps``
+        steps with the blur substrate, Average Drop and Increase, all for the explained
+        class. Yields the growing dict of finished scores.
+        """
+        from tgrad.metrics import average_drop_increase, insertion_deletion
+
+        report = progress or (lambda fraction, what: None)
+
+        def maps_progress(fraction: float, what: str) -> None:
+            report(0.5 * fraction, what)
+
+        maps = deque(self.method_maps(explanation, methods, maps_progress), maxlen=1)[0]
+        done: dict[str, MethodScore] = {}
+        for method in methods:
+            cached = self.scores.get(_score_key(explanation, method, n_steps))
+            if cached is not None:
+                done[method] = cached
+        yield dict(done)
+        model = self.models.get(explanation.model).loaded.module
+        missing = [m for m in methods if m not in done]
+        for number, method in enumerate(missing):
+            report(0.5 + 0.5 * number / len(missing), f"scoring {method} ({n_steps} steps)")
+            saliency = maps[method].map[None].to(explanation.x.device)
+            target = torch.tensor([explanation.target])
+            with self._work:
+                start = time.perf_counter()
+                curves = insertion_deletion(model, explanation.x, saliency, target, n_steps)
+                drop = average_drop_increase(model, explanation.x, saliency, target)
+                seconds = time.perf_counter() - start
+            score = MethodScore(
+                method,
+                n_steps,
+                curves.fractions.cpu(),
+                curves.insertion[0].cpu(),
+                curves.deletion[0].cpu(),
+                float(curves.insertion_auc[0]),
+                float(curves.deletion_auc[0]),
+                float(drop.average_drop),
+                float(drop.increase),
+                seconds,
+            )
+            self.scores.put(_score_key(explanation, method, n_steps), score)
+            done[method] = score
+            yield dict(done)
+        report(1.0, "done")
+
     def _compute_maps(
         self, explanation: Explanation, methods: Sequence[str], step: Callable[[float], None]
     ) -> list[MethodMap]:
@@ -444,6 +528,10 @@ class Session:
             MethodMap(name, maps[name][0].detach().cpu(), seconds, len(methods), layers.get(name))
             for name in methods
         ]
+
+
+def _score_key(explanation: Explanation, method: str, n_steps: int) -> str:
+    return f"{explanation.key}:{method}:{n_steps}"
 
 
 def _map_key(explanation: Explanation, method: str) -> str:

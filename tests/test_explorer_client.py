@@ -39,9 +39,11 @@ def pixels(path: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_only_explain_and_compare_are_in_the_api(client):
+def test_the_api_endpoints(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/explain", "/compare"]
+    assert list(endpoints) == ["/explain", "/compare", "/evaluate"]
+    names = [p["parameter_name"] for p in endpoints["/evaluate"]["parameters"]]
+    assert names == ["image", "model", "target", "methods", "steps"]
     names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert names == ["image", "model", "target", "opacity"]
     names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
@@ -156,3 +158,27 @@ def test_upload_size_is_limited(client, tmp_path):
     big.write_bytes(b"\xff" * (26 * 1024 * 1024))
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         client.predict(handle_file(str(big)), api_name="/explain")
+
+
+def test_evaluate_through_the_api(client):
+    insertion, deletion, table = client.predict(
+        handle_file(str(PHOTOS["chelsea"])),
+        DEFAULT_MODEL,
+        "top-1 (predicted)",
+        ["tgrad", "vanilla"],
+        8,
+        api_name="/evaluate",
+    )
+    assert table["headers"][:4] == [
+        "method",
+        "insertion AUC ↑",
+        "deletion AUC ↓",
+        "insertion - deletion ↑",
+    ]
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["T-Grad", "Vanilla gradient"]
+    for row in rows:
+        assert 0 <= row[1] <= 1 and 0 <= row[2] <= 1
+        assert row[3] == pytest.approx(row[1] - row[2], abs=2e-4)  # rounded to 4 places
+        assert row[6] == 8
+    assert insertion["type"] == "matplotlib" and deletion["plot"].startswith("data:image/png")

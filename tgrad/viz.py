@@ -8,7 +8,7 @@ leak from in a long-running server, no backend to choose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -210,3 +210,33 @@ def panel_grid(
         draw.text((left + 2, top + 2), text, fill="black", font=font)
         canvas.paste(Image.fromarray(picture), (left, top + title_height))  # over any descender
     return np.asarray(canvas)
+
+
+def curves_figure(
+    fractions: torch.Tensor,
+    curves: Mapping[str, torch.Tensor],
+    areas: Mapping[str, float],
+    title: str,
+    ylabel: str = "probability of the class",
+) -> Figure:
+    """Insertion or deletion curves (SPEC 4), one line per method, its AUC in the legend.
+
+    Args:
+        fractions: [n+1] fraction of pixels changed (the x axis, 0 to 1).
+        curves: label -> [n+1] score after each step.
+        areas: label -> the curve's area (AUC), shown in the legend.
+    """
+    fig = Figure(figsize=(5.2, 3.6))
+    ax = fig.subplots()
+    x = fractions.detach().cpu().numpy()
+    for label, curve in curves.items():
+        ax.plot(x, curve.detach().cpu().numpy(), label=f"{label} (AUC {areas[label]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("fraction of pixels changed")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
