@@ -2,7 +2,13 @@
 ImageLoadError an end user can read."""
 
 import io
+import json
+import os
+import re
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from tgrad import images
-from tgrad.images import MAX_PIXELS, MAX_SIDE, ImageLoadError, load_image
+from tgrad.images import DECODE_BUDGET, MAX_PIXELS, MAX_SIDE, ImageLoadError, load_image
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -27,20 +33,21 @@ def save(image, path, **options):
     return path
 
 
-def png_header_only(width, height):
-    """A PNG whose header claims width x height and which holds no pixel data at all."""
+def png_header_only(width, height, colour_type=0, depth=8):
+    """A PNG whose header claims width x height and which holds no pixel data at all
+    (colour type 0: grayscale, 2: RGB, 4: gray + alpha, 6: RGBA)."""
 
     def chunk(kind, data):
         return (
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def test_constants():
-    assert MAX_PIXELS == 64_000_000 and MAX_SIDE == 2048
+    assert MAX_PIXELS == 64_000_000 and MAX_SIDE == 2048 and DECODE_BUDGET == 200_000_000
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
 
 
@@ -50,15 +57,76 @@ def test_constants():
 def test_text_file_renamed_jpg(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("Dear diary, today I trained a CNN.\n")
-    with pytest.raises(ImageLoadError, match=r"not an image PIL can read \(text/plain\?\)"):
+    with pytest.raises(ImageLoadError) as caught:
         load_image(path)
+    assert str(caught.value) == (
+        "The file is not an image that can be read: it looks like text (text/plain). "
+        "Please use a PNG or JPEG image."
+    )
 
 
-def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(ImageLoadError, match="does not exist"):
-        load_image(tmp_path / "nowhere.png")
-    with pytest.raises(ImageLoadError, match="folder"):
-        load_image(tmp_path)
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        '<?xml version="1.0"?>\n<!-- drawn by hand -->\n<SVG viewBox="0 0 1 1"></SVG>',
+    ],
+)
+def test_svg_is_named_and_refused(tmp_path, text):
+    path = tmp_path / "logo.png"
+    path.write_text(text)
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(path)
+    message = str(caught.value)
+    assert "SVG vector image" in message and "not supported" in message
+    assert "PNG or JPEG" in message and "text/plain" not in message
+
+
+def test_unreadable_paths_all_say_the_same(tmp_path):
+    """Missing, a folder, a device: the same words, no path, nothing about the file."""
+    messages = set()
+    for path in (tmp_path / "nowhere.png", tmp_path, Path(os.devnull), "bad\0name.png"):
+        with pytest.raises(ImageLoadError) as caught:
+            load_image(path)
+        messages.add(str(caught.value))
+    assert messages == {"The file cannot be read as an image."}
+
+
+def message_of(source):
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(source)
+    return str(caught.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_messages_never_show_the_path_or_python_internals(tmp_path):
+    folder = tmp_path / "secret_folder_name"
+    folder.mkdir()
+    data = {
+        "notes.jpg": b"plain text\n",
+        "page.png": b"<!DOCTYPE html><html></html>",
+        "doc.jpg": b"%PDF-1.7\n",
+        "empty.png": b"",
+        "cut.png": save(halves(300, 200, RED, BLUE), io.BytesIO(), format="PNG").getvalue()[:400],
+        "huge.png": png_header_only(12000, 12000),
+        "bomb.png": png_header_only(20000, 20000),
+    }
+    messages = [message_of(folder / "missing.png"), message_of(folder)]
+    for name, content in data.items():
+        (folder / name).write_bytes(content)
+        messages.append(message_of(folder / name))
+        messages.append(message_of(content))
+    for message in messages:
+        assert "secret_folder_name" not in message and str(tmp_path) not in message, message
+        assert not re.search(r"PIL|Errno|Error|[A-Za-z_]+\.(png|jpg)|'", message), message
+        assert message.endswith("."), message
+
+
+def test_truncated_message_does_not_quote_the_decoder(tmp_path):
+    data = save(halves(300, 200, RED, BLUE), io.BytesIO(), format="PNG").getvalue()
+    with pytest.raises(ImageLoadError, match="truncated or corrupt") as caught:
+        load_image(data[: len(data) // 2])
+    assert str(caught.value.__cause__) not in str(caught.value)
 
 
 @pytest.mark.parametrize("source", [b"", io.BytesIO()])
@@ -102,6 +170,129 @@ def test_pil_decompression_bomb_becomes_image_load_error():
     with pytest.raises(ImageLoadError, match="too large") as caught:
         load_image(png_header_only(20000, 20000))  # beyond twice PIL's own limit
     assert isinstance(caught.value.__cause__, Image.DecompressionBombError)
+    message = str(caught.value)
+    assert re.findall(r"\d[\d,]{4,}", message) == [f"{MAX_PIXELS:,}"]  # one limit: ours
+    assert "bomb" not in message and "DOS" not in message
+
+
+def decodes_past_the_header(data):
+    """True if load_image accepts the header of ``data`` (whose pixel data is missing:
+    PNG then fails to decode, libjpeg fills the missing rows with grey)."""
+    try:
+        load_image(data)
+    except ImageLoadError as error:
+        if "truncated or corrupt" in str(error):
+            return True
+        assert "more than the limit of" in str(error)
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("colour_type", "depth", "largest"),
+    [
+        (6, 8, 7071),  # RGBA: PIL keeps 4 bytes a pixel: 200 MB / 4 = 50 MP
+        (6, 16, 7071),  # 16-bit RGBA is decoded to 8-bit RGBA: the same
+        (2, 8, 7071),  # RGB is 4 bytes a pixel too
+        (4, 8, 7071),  # LA as well
+        (0, 16, 8000),  # 16-bit grayscale: 2 bytes, so MAX_PIXELS is the limit
+        (0, 8, 8000),
+    ],
+)
+def test_decoded_size_is_limited_from_the_header(colour_type, depth, largest):
+    assert decodes_past_the_header(png_header_only(largest, largest, colour_type, depth))
+    assert not decodes_past_the_header(png_header_only(largest + 1, largest, colour_type, depth))
+
+
+def test_webp_limit_counts_the_decoders_copies():
+    """libwebp + PIL hold about 7 full-size RGBA buffers: 200 MB / 28 B is 7.1 MP."""
+    image = Image.new("RGBA", (2700, 2700), (0, 0, 0, 0))  # 7.3 MP: 1.3 GB on the old code
+    data = save(image, io.BytesIO(), format="WEBP", quality=10, method=0).getvalue()
+    with pytest.raises(ImageLoadError, match="7,290,000 pixels, more than the limit"):
+        load_image(data)
+    small = save(image.crop((0, 0, 2600, 2600)), io.BytesIO(), format="WEBP").getvalue()
+    assert load_image(small).size == (2048, 2048)
+
+
+def jpeg_header(width, height, **options):
+    """A small JPEG's bytes with its frame header patched to claim width x height."""
+    data = bytearray(
+        save(Image.new("RGB", (16, 16)), io.BytesIO(), format="JPEG", **options).getvalue()
+    )
+    at = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_progressive_jpeg_counts_its_coefficient_buffer():
+    """Drafting does not shrink libjpeg's whole-image coefficient buffer of a progressive
+    JPEG: 2 bytes per sample at full size, 6 bytes a pixel at 4:4:4, 3 at 4:2:0."""
+    assert decodes_past_the_header(jpeg_header(8000, 8000))  # baseline: drafted to 1/2
+    # 4:4:4: 6 bytes + 4 bytes of the half-size RGB / 4 = 7 bytes a pixel: 200 MB / 7
+    assert decodes_past_the_header(jpeg_header(5345, 5345, progressive=True, subsampling=0))
+    assert not decodes_past_the_header(jpeg_header(5400, 5400, progressive=True, subsampling=0))
+    # 4:2:0: 3 + 1 = 4 bytes a pixel: 50 MP
+    assert decodes_past_the_header(jpeg_header(7000, 7000, progressive=True, subsampling=2))
+    assert not decodes_past_the_header(jpeg_header(7100, 7100, progressive=True, subsampling=2))
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from PIL import Image
+    from tgrad.images import load_image
+
+    Image.init()  # import every format plugin now, not while measuring
+
+    def kb(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    base = kb("VmRSS")
+    size = load_image(sys.argv[1]).size
+    print(json.dumps({"peak": (kb("VmHWM") - base) * 1024, "size": size}))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    ("mode", "side", "decoded_bytes_per_pixel"),
+    [("I;16", 6000, 2), ("RGBA", 5000, 4)],  # 16-bit gray; transparent RGBA
+)
+def test_peak_memory_of_decoding_is_the_decoded_image_plus_a_small_margin(
+    tmp_path, mode, side, decoded_bytes_per_pixel
+):
+    """Measured in a fresh process as peak resident memory (PIL's memory is not seen by
+    tracemalloc). Decoding needs ``side**2 * bytes per pixel`` (72 MB; 100 MB); on top
+    come the RGB image reduced by an integer factor (< (1.5 * 2048)**2 * 4 = 38 MB), the
+    final 2048 x 2048 RGB image (16 MB) and bands of 1 MP: 80 MB is a generous margin.
+    The old code made full-size int64 copies (16 B a pixel) or several full-size RGBA
+    copies: 700 MB for the 16-bit image, 480 MB for the RGBA one."""
+    path = tmp_path / "deep.png"
+    Image.new(mode, (side, side)).save(path, compress_level=1)
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    result = json.loads(run.stdout)
+    assert result["size"] == [2048, 2048]
+    assert result["peak"] < side * side * decoded_bytes_per_pixel + 80_000_000
+
+
+def test_band_by_band_conversion_equals_converting_the_whole_image(monkeypatch):
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (997, 1301, 4), dtype=np.uint8), "RGBA")
+    white = Image.new("RGBA", rgba.size, (*WHITE, 255))
+    whole = Image.alpha_composite(white, rgba).convert("RGB").reduce(3)
+    monkeypatch.setattr(images, "_BAND_PIXELS", 50_000)  # many bands, the last one short
+    np.testing.assert_array_equal(pixels(images._reduced_rgb(rgba, 3)), pixels(whole))
 
 
 def halves(width, height, left, right):
@@ -210,6 +401,9 @@ def test_animated_gif_gives_its_first_frame(tmp_path):
     opened = Image.open(path)
     opened.seek(2)
     assert (pixels(load_image(opened)) == RED).all()
+    with open(path, "rb") as file:
+        assert (pixels(load_image(file)) == RED).all()
+        assert not file.closed  # the caller's file object is the caller's to close
 
 
 def test_exif_orientation_is_applied(tmp_path):

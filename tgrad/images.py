@@ -3,28 +3,50 @@
 One entry point, :func:`load_image`. Its guarantees:
 
 * the result is a PIL image in mode ``"RGB"`` (8 bits per channel), already decoded;
-* images larger than :data:`MAX_PIXELS` are refused from their header, before decoding;
+* images are refused from their header, before decoding, when they have more than
+  :data:`MAX_PIXELS` pixels or when decoding them would need more than
+  :data:`DECODE_BUDGET` bytes (see :func:`_decode_cost`);
 * the longest side is at most :data:`MAX_SIDE` (LANCZOS downscale, aspect kept);
 * the EXIF orientation is applied, transparency is composited onto white, 16-bit
   grayscale is reduced with ``value >> 8``, animations give their first frame;
-* every problem with the *data* (not an image, truncated, empty, too large, missing
-  file) raises :class:`ImageLoadError` with a message meant for an end user.
+* every problem with the *data* (not an image, truncated, empty, too large, unreadable
+  file) raises :class:`ImageLoadError` with a short message meant for an end user: it
+  never contains a file path, and for a path it never says more than "cannot be read as
+  an image" about the file itself (missing, folder, device and permission look alike).
+
+Memory: a big image is decoded once at full size (JPEG: at 1/2, 1/4 or 1/8 size with
+libjpeg's draft mode), then converted to RGB band by band while it is reduced by an
+integer factor, so no second full-size copy is ever made. The peak is therefore about
+the decoder's own buffer (bounded by :data:`DECODE_BUDGET`) plus a reduced RGB image of
+at most about (1.5 * MAX_SIDE)**2 * 4 bytes. ``benchmarks/bench_memory.py`` measures it.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import math
 import os
+import stat
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
-__all__ = ["MAX_PIXELS", "MAX_SIDE", "ImageLoadError", "load_image"]
+__all__ = ["DECODE_BUDGET", "MAX_PIXELS", "MAX_SIDE", "ImageLoadError", "load_image"]
 
 MAX_PIXELS: int = 64_000_000
 MAX_SIDE: int = 2048
+
+# What the decoder may hold at once, in bytes. The target is one explanation adding less
+# than 300 MB to the server: the reduced RGB image (< (1.5 * 2048)**2 * 4 = 38 MB), the
+# bands being converted (~12 MB), the final LANCZOS image (16 MB) and malloc's slack come
+# on top of the decoder's buffer, and the explanation of a 224 x 224 input itself peaks at
+# about 130 MB after the decoded image is gone. PIL keeps RGB, RGBA, LA, CMYK, I and F at
+# 4 bytes per pixel, so RGB/RGBA PNGs and TIFFs stop at 50 MP, 16-bit grayscale (2 bytes)
+# and 8-bit grayscale or palette (1 byte) at MAX_PIXELS; a JPEG is decoded at 1/2 .. 1/8
+# scale and fits easily unless progressive (see _decode_cost).
+DECODE_BUDGET: int = 200_000_000
 
 ImageSource = (
     str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
@@ -32,6 +54,26 @@ ImageSource = (
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+# Decoders that hold several full-size buffers at once, in units of the decoded mode's
+# bytes per pixel (bench_memory.py, 50 MP RGB unless said: decode peak less ~40 MB of our
+# own, over 4 bytes x pixels). libwebp's animation decoder keeps its canvas, the previous
+# canvas and the frame, and PIL copies them into a bytes object and the image (7.1 MP
+# RGBA: ~5, counted 7). OpenJPEG holds every component as int32 (RGB: 18 bytes a pixel,
+# 4.5; RGBA would be 5). libavif holds the YUV planes (16-bit for 10/12-bit files) and an
+# RGBA buffer before PIL's copies (8-bit 4:2:0: 8.4 bytes, 2.1; 12-bit 4:4:4 ~18: 5).
+_DECODER_COPIES = {"WEBP": 7, "JPEG2000": 5, "AVIF": 5}
+_BAND_PIXELS = 1 << 20  # pixels converted at a time: 4 MB per band of RGBA
+_UNREADABLE = "cannot be read as an image."
+_ORIENTATION = {  # EXIF orientation -> the transpose that makes the image upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageLoadError(ValueError):
@@ -54,8 +96,10 @@ def load_image(source: ImageSource) -> Image.Image:
         Multi-frame images (animated GIF, ...) give their first frame.
 
     Raises:
-        ImageLoadError: missing or unreadable file, not an image, truncated or corrupt
-            data, zero size, more than :data:`MAX_PIXELS` pixels, or an unusable array.
+        ImageLoadError: unreadable file (missing, a folder, not a regular file, no
+            permission: one message for all), not an image, truncated or corrupt data,
+            zero size, too many pixels for :data:`MAX_PIXELS` or :data:`DECODE_BUDGET`,
+            or an unusable array. The message never contains the path.
         TypeError: ``source`` is of none of the types above.
     """
     if isinstance(source, np.ndarray):
@@ -67,7 +111,8 @@ def load_image(source: ImageSource) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _load_encoded(io.BytesIO(bytes(source)), "The data")
     if isinstance(source, (str, os.PathLike)):
-        return _load_encoded(os.fspath(source), f"The file {os.fspath(source)!r}")
+        with _open_regular_file(source) as file:
+            return _load_encoded(file, "The file")
     if isinstance(source, io.TextIOBase):
         raise TypeError("load_image needs a binary file object: open the file with 'rb'")
     if hasattr(source, "read"):
@@ -78,61 +123,127 @@ def load_image(source: ImageSource) -> Image.Image:
     )
 
 
-def _load_encoded(source: str | IO[bytes], what: str) -> Image.Image:
+def _open_regular_file(path: str | os.PathLike) -> IO[bytes]:
+    """The file opened for reading, if it is a regular file; else one vague error.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; fstat on the open descriptor (not
+    stat on the name) checks the very file that will be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise ImageLoadError(f"The file {_UNREADABLE}") from error
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageLoadError(f"The file {_UNREADABLE}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _load_encoded(source: IO[bytes], what: str) -> Image.Image:
     """Open lazily, check the header size, decode (reduced for big JPEGs), finish."""
     try:
         image = Image.open(source)
-    except FileNotFoundError as error:
-        raise ImageLoadError(f"{what} does not exist.") from error
-    except IsADirectoryError as error:
-        raise ImageLoadError(f"{what} is a folder, not an image file.") from error
-    except PermissionError as error:
-        raise ImageLoadError(f"{what} cannot be read (permission denied).") from error
-    except Image.DecompressionBombError as error:
-        raise _too_large(what, error) from error
+    except Image.DecompressionBombError as error:  # PIL's own limit is far above ours
+        raise ImageLoadError(
+            f"The image is too large: it has more than the limit of {MAX_PIXELS:,} pixels. "
+            "Please use a smaller image."
+        ) from error
     except UnidentifiedImageError as error:
-        kind = _sniff(source)
-        if kind == _EMPTY:
-            raise ImageLoadError(f"{what} is empty.") from error
-        raise ImageLoadError(f"{what} is not an image PIL can read ({kind}?).") from error
+        raise _not_an_image(source, what) from error
     except OSError as error:
-        raise ImageLoadError(f"{what} cannot be read ({error}).") from error
-    with image:
-        _check_size(image.size)
-        if image.format == "JPEG" and max(image.size) > MAX_SIDE:
-            image.draft("RGB", _fitted_size(image.size))  # decode at 1/2, 1/4 or 1/8
-        _decode(image, what)
-        return _finish(image)  # a new image: closing `image` does not affect it
+        raise ImageLoadError(f"{what} {_UNREADABLE}") from error
+    try:
+        full_size = image.size
+        _check_size(full_size)  # before draft: the limits count the pixels of the file
+        if isinstance(image, JpegImagePlugin.JpegImageFile) and max(full_size) > MAX_SIDE:
+            image.draft("RGB", _fitted_size(full_size))  # decode at 1/2, 1/4 or 1/8
+        _check_cost(image, full_size)
+        _decode(image)
+        shrunk = _shrink(image)
+    finally:
+        # Free the full-size pixels now (`with image` would keep them). Image.close, not
+        # ImageFile.close: that one would also close a caller's file object.
+        Image.Image.close(image)
+    return _fit(*shrunk)
 
 
-def _decode(image: Image.Image, what: str = "The image") -> None:
+def _not_an_image(source: IO[bytes], what: str) -> ImageLoadError:
+    kind = _sniff(source)
+    if kind == _EMPTY:
+        return ImageLoadError(f"{what} is empty.")
+    if kind == _SVG:
+        return ImageLoadError(
+            f"{what} is an SVG vector image, which is not supported. "
+            "Please convert it to PNG or JPEG."
+        )
+    return ImageLoadError(
+        f"{what} is not an image that can be read: it looks like {kind}. "
+        "Please use a PNG or JPEG image."
+    )
+
+
+def _decode(image: Image.Image) -> None:
     """Force the full decode now, so that truncated or corrupt data fails here."""
     try:
         image.seek(0)
         image.load()
-    except Image.DecompressionBombError as error:
-        raise _too_large(what, error) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(
-            f"{what} is truncated or corrupt and cannot be decoded ({error})."
+            "The image is truncated or corrupt and cannot be decoded. "
+            "Please check the file or use another image."
         ) from error
-
-
-def _too_large(what: str, error: Image.DecompressionBombError) -> ImageLoadError:
-    return ImageLoadError(
-        f"{what} is too large to decode safely ({error}); the limit is {MAX_PIXELS:,} pixels."
-    )
 
 
 def _check_size(size: tuple[int, int]) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"The image is empty ({width} x {height} pixels).")
-    if width * height > MAX_PIXELS:
+    _refuse_above(size, MAX_PIXELS)
+
+
+def _refuse_above(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
         raise ImageLoadError(
             f"The image is {width} x {height} = {width * height:,} pixels, more than the "
-            f"limit of {MAX_PIXELS:,} pixels. Please use a smaller image."
+            f"limit of {limit:,} pixels for this kind of image. Please use a smaller image."
         )
+
+
+def _check_cost(image: Image.Image, full_size: tuple[int, int]) -> None:
+    """Refuse, from the header, an image whose decoding would exceed DECODE_BUDGET.
+
+    The message states the pixel limit for this kind of image: the budget divided by the
+    bytes that one pixel of the file costs to decode.
+    """
+    cost = _decode_cost(image, full_size)
+    if cost > DECODE_BUDGET:
+        pixels = full_size[0] * full_size[1]
+        _refuse_above(full_size, DECODE_BUDGET * pixels // cost)
+
+
+def _decode_cost(image: Image.Image, full_size: tuple[int, int]) -> int:
+    """Bytes the decoder holds at once for ``image`` (opened, not loaded, draft applied).
+
+    PIL stores a pixel in 1 byte (1, L, P), 2 bytes (I;16) or 4 bytes (all other modes,
+    RGB included); some decoders hold several such buffers (_DECODER_COPIES). libjpeg
+    decodes a progressive JPEG through a whole-image buffer of DCT coefficients, 2 bytes
+    per sample at *full* size whatever the draft scale (a 4:2:0 colour JPEG has 1.5
+    samples per pixel, 4:4:4 has 3, CMYK 4).
+    """
+    width, height = image.size
+    bytes_per_pixel = 1 if image.mode in _ONE_BYTE_MODES else 2 if "I;16" in image.mode else 4
+    cost = width * height * bytes_per_pixel * _DECODER_COPIES.get(image.format or "", 1)
+    if isinstance(image, JpegImagePlugin.JpegImageFile) and image.info.get("progressive"):
+        h_max = max(h for _, h, _, _ in image.layer)
+        v_max = max(v for _, _, v, _ in image.layer)
+        samples = sum(h * v for _, h, v, _ in image.layer) / (h_max * v_max)
+        cost += math.ceil(2 * samples * full_size[0] * full_size[1])
+    return cost
 
 
 def _fitted_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -146,18 +257,54 @@ def _fitted_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _finish(image: Image.Image) -> Image.Image:
     """Decoded image of any mode -> a NEW upright, 8-bit RGB image, longest side <= MAX_SIDE."""
-    upright = ImageOps.exif_transpose(image)  # always a new image (not in_place)
-    rgb = _to_rgb8(upright)
-    target = _fitted_size(rgb.size)
-    return rgb if target == rgb.size else rgb.resize(target, Image.Resampling.LANCZOS)
+    return _fit(*_shrink(image))
+
+
+def _shrink(image: Image.Image) -> tuple[Image.Image, tuple[int, int], Image.Transpose | None]:
+    """The first half of :func:`_finish`, the only one that needs ``image``.
+
+    Never copies ``image`` whole: it is converted band by band while being reduced by
+    the largest integer factor that keeps it at least as big as the target size.
+
+    Returns:
+        the reduced RGB image, the target size, the transpose that makes it upright.
+    """
+    target = _fitted_size(image.size)
+    factor = max(1, min(image.size[0] // target[0], image.size[1] // target[1]))
+    transpose = _ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    return _reduced_rgb(image, factor), target, transpose
+
+
+def _fit(
+    rgb: Image.Image, target: tuple[int, int], transpose: Image.Transpose | None
+) -> Image.Image:
+    """The second half of :func:`_finish`: LANCZOS to ``target``, then upright."""
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.LANCZOS)
+    return rgb if transpose is None else rgb.transpose(transpose)
+
+
+def _reduced_rgb(image: Image.Image, factor: int) -> Image.Image:
+    """A new RGB image, ``image`` reduced by ``factor`` (box average), made band by band.
+
+    Bands are a multiple of ``factor`` rows high, so the result equals converting the
+    whole image and then calling ``Image.reduce(factor)``.
+    """
+    width, height = image.size
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, _BAND_PIXELS // (width * factor))
+    for top in range(0, height, rows):
+        band = _to_rgb8(image.crop((0, top, width, min(top + rows, height))))
+        out.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
+    return out
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
-        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        return Image.fromarray((wide >> 8).astype(np.uint8)).convert("RGB")
+        wide = np.asarray(image)
+        return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8)).convert("RGB")
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
@@ -203,35 +350,37 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
 
 
 _EMPTY = "empty"
+_SVG = "svg"
 _MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"%PDF", "application/pdf"),
+    (b"%PDF", "a PDF document"),
     (b"PK\x03\x04", "a zip archive"),
     (b"\x1f\x8b", "a gzip archive"),
 )
 
 
-def _sniff(source: str | IO[bytes]) -> str:
-    """A guess at what a non-image file is, from its first bytes, e.g. 'text/plain'."""
+def _sniff(source: IO[bytes]) -> str:
+    """What a non-image file seems to be, from its first bytes, said for a user."""
     try:
-        if isinstance(source, str):
-            with open(source, "rb") as file:
-                head = file.read(512)
-        else:
-            source.seek(0)
-            head = source.read(512)
-    except OSError:
-        return "unreadable"
+        source.seek(0)
+        head = source.read(1024)
+    except (OSError, ValueError):
+        return "data that cannot be read"
     if not head:
         return _EMPTY
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
     if head[4:8] == b"ftyp":
-        return "an ISO media file: HEIC, AVIF or video"
-    try:  # final=False: a multi-byte character cut at byte 512 is fine
+        return "an HEIC photo or a video, which are not supported"
+    try:  # final=False: a multi-byte character cut at the end of `head` is fine
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return "unknown binary data"
     if b"\x00" in head:
         return "unknown binary data"
-    return "text/html" if head.lstrip()[:5].lower() in (b"<!doc", b"<html") else "text/plain"
+    lowered = head.lower()
+    if b"<svg" in lowered:
+        return _SVG
+    if lowered.lstrip()[:5] in (b"<!doc", b"<html"):
+        return "a web page (text/html)"
+    return "text (text/plain)"
