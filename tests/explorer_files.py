@@ -42,3 +42,14 @@ def large_photo(folder: Path) -> Path:
         small = Image.open(PHOTOS["chelsea"]).convert("RGB")
         small.resize((6000, 4000), Image.Resampling.NEAREST).save(path, compress_level=1)
     return path
+
+
+def svg_image(folder: Path) -> Path:
+    """A small SVG drawing: a vector image, which the explorer does not support."""
+    path = folder / "drawing.svg"
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+        '<circle cx="32" cy="32" r="30" fill="red"/></svg>\n'
+    )
+    return path
