@@ -21,6 +21,10 @@ How gradients are recorded, and why:
 * Hooks are registered per call and removed in ``finally``, so none survives an
   exception, and none exists between calls. A hook ignores forwards run by other
   threads, so several threads may explain with one model at the same time.
+* With ``rules``, the gradient at a module's output can be *rewritten* as it passes, in
+  the same tensor hook that records it (:data:`GradRule`); this is how Guided
+  Backpropagation changes the backward rule of the rectifiers. Such a pass no longer
+  computes dy/dx, so a method using rules runs a capture of its own.
 * With ``check_op``, every torch operation of the forward that takes an input-dependent
   tensor is shown to the check (:class:`Op`), with the innermost module running it. The
   operations are seen by a :class:`~torch.overrides.TorchFunctionMode`, which is
@@ -31,6 +35,7 @@ How gradients are recorded, and why:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +53,12 @@ OnGrad = Callable[["Call", Tensor], Tensor | None]
 gradient is complete; what it returns is kept in :attr:`Call.grad`. Returning None lets
 the gradient be freed at once, as in a plain backward pass, so a method that reduces
 each gradient as it arrives keeps the memory (and the speed) of a plain backward."""
+
+GradRule = Callable[["Call", Tensor], Tensor]
+"""A backward rule for a module: called during the backward pass with a call of that
+module and dy/d(its output); what it returns *replaces* that gradient for the rest of the
+backward pass (and is what ``on_grad`` sees). Example: ``lambda call, g: g.clamp(min=0)``
+on every ReLU is Guided Backpropagation's rule."""
 
 Keep = Callable[[nn.Module, tuple, Tensor], Tensor | None]
 """Called at forward time with (module, inputs, output); what it returns is kept in
@@ -151,13 +162,19 @@ class _OpWatch(TorchFunctionMode):
         super().__init__()
         self.check = check
         self.names = names
-        self.dependents: dict[int, Tensor] = {}  # kept alive, so that their ids stay unique
+        # weak: the forward frees its intermediates as usual; a dead tensor's id that
+        # a new tensor reuses is told apart by the reference no longer resolving to it
+        self.dependents: dict[int, weakref.ref] = {}
         self.stack: list[nn.Module] = []
         self.paused = False
 
     def dependent(self, value: Any) -> bool:
         """Whether ``value`` is (or holds) a tensor made from the input."""
-        return any(id(t) in self.dependents for t in _tensors(value))
+        for t in _tensors(value):
+            ref = self.dependents.get(id(t))
+            if ref is not None and ref() is t:
+                return True
+        return False
 
     def __torch_function__(
         self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
@@ -173,7 +190,7 @@ class _OpWatch(TorchFunctionMode):
             module = self.stack[-1]
             self.check(Op(func, args, kwargs, output, module, self.names[module], self.dependent))
             for t in made:
-                self.dependents[id(t)] = t
+                self.dependents[id(t)] = weakref.ref(t)
         return output
 
 
@@ -265,6 +282,7 @@ def capture(
     on_grad: OnGrad | None = None,
     *,
     check_op: OpCheck | None = None,
+    rules: Mapping[nn.Module, GradRule] | None = None,
 ) -> Record:
     """Run ``model(x)`` forward and ``d logit_target / d(...)`` backward, recording calls.
 
@@ -276,6 +294,9 @@ def capture(
         on_grad: what to keep of each watched call's gradient (default: all of it).
         check_op: shown every operation of the forward on input-dependent tensors, with
             the module running it (see :class:`Op`); it may raise to refuse the model.
+        rules: modules whose output gradient is rewritten during the backward pass (see
+            :data:`GradRule`); they are watched (keeping nothing unless ``watch`` says).
+            With rules, ``input_grad`` is the rewritten backward's, no longer dy/dx.
 
     Returns:
         a :class:`Record` with dy/dx and, for every call of a watched module, dy/d(output).
@@ -288,6 +309,9 @@ def capture(
     """
     check_input(x)
     watch = dict(watch or {})
+    rules = dict(rules or {})
+    for module in rules:
+        watch.setdefault(module, None)
     names = {m: n for n, m in model.named_modules() if m in watch}
     ops = None
     if check_op is not None:
@@ -327,9 +351,14 @@ def capture(
         outputs.append(output)
         producer[id(output)] = call
         if output.requires_grad:
-            output.register_hook(
-                lambda g, c=call: setattr(c, "grad", g if on_grad is None else on_grad(c, g))
-            )
+            output.register_hook(lambda g, c=call: backward(c, g))
+
+    def backward(call: Call, grad: Tensor) -> Tensor | None:
+        rule = rules.get(call.module)
+        if rule is not None:
+            grad = rule(call, grad)
+        call.grad = grad if on_grad is None else on_grad(call, grad)
+        return None if rule is None else grad  # None: the gradient passes on unchanged
 
     def enter(module: nn.Module, inputs: tuple) -> None:
         if threading.get_ident() == owner:
@@ -350,7 +379,7 @@ def capture(
             if ops is None:
                 logits = model(x_in)
             else:
-                ops.dependents[id(x_in)] = x_in
+                ops.dependents[id(x_in)] = weakref.ref(x_in)
                 with ops:
                     logits = model(x_in)
                 ops.dependents.clear()
