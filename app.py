@@ -19,5 +19,6 @@ demo = build_demo(SESSION)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per internal request
     warm_up(SESSION)  # load the default model now, so that the first click is fast
     demo.queue(**QUEUE_OPTIONS).launch(**LAUNCH_OPTIONS)

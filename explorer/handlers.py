@@ -38,6 +38,7 @@ from explorer.session import (
     available_models,
     content_digest,
     parse_key,
+    sanity_key,
 )
 from explorer.uploads import PhotoGate, PhotoRejected, default_gate
 from tgrad.decompose import NotDecomposableError
@@ -53,7 +54,9 @@ BUNDLED_PHOTOS = tuple(sorted((ROOT / "assets").glob("*.jpg")))
 MAX_UPLOAD_MB = 25
 """The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
 MAX_NUMBER_TEXT = 32
-MAX_RUNNING_COMPARISONS = 1024
+MAX_RUNNING_JOBS = 1024
+"""Stop flags kept at most (one per page and kind of run, removed when the run ends)."""
+DEFAULT_MEASURE = "spearman_abs"
 DEFAULT_STEPS = 56
 """Insertion/deletion steps of the Evaluate tab's quick look (the paper uses 224)."""
 MAX_STEPS = 224
@@ -307,7 +310,7 @@ class Handlers:
         """
         chosen = self.method_list(methods)
         explanation = self.compute(image, model, target, progress)
-        stop = self._stop_event(request)
+        stop = self._stop_event(request, "compare")
         done: dict[str, MethodMap] = {}
         try:
             for done in self.session.method_maps(explanation, chosen, progress, stop):
@@ -315,6 +318,9 @@ class Handlers:
                     render.compare_grid(explanation, chosen, done),
                     render.compare_timings(explanation, chosen, done),
                 )
+        except GeneratorExit:  # Gradio cancelled the event between two methods
+            log.info("comparison stopped by the user (cancelled between methods)")
+            raise
         except Stopped:
             stopped = [m for m in chosen if m not in done]
             log.info("comparison stopped by the user; not computed: %s", ", ".join(stopped))
@@ -327,23 +333,79 @@ class Handlers:
         except MemoryError as error:
             raise _user_error("Not enough memory for these methods.", "Too large") from error
         finally:
-            self._stops.pop(self._stop_id(request), None)
+            self._stops.pop(self._stop_id(request, "compare"), None)
 
     def stop_compare(self, request: gr.Request | None = None) -> None:
-        """The Stop button: tell this page's running comparison to stop."""
-        event = self._stops.get(self._stop_id(request))
+        """The Compare tab's Stop button: this page's running comparison stops."""
+        self._stop(request, "compare")
+
+    def stop_sanity(self, request: gr.Request | None = None) -> None:
+        """The Sanity tab's Stop button: this page's running cascade stops."""
+        self._stop(request, "sanity")
+
+    def _stop(self, request: gr.Request | None, kind: str) -> None:
+        event = self._stops.get(self._stop_id(request, kind))
         if event is not None:
             event.set()
 
     @staticmethod
-    def _stop_id(request: gr.Request | None) -> str:
-        return str(getattr(request, "session_hash", None) or "")
+    def _stop_id(request: gr.Request | None, kind: str) -> str:
+        return f"{kind}:{getattr(request, 'session_hash', None) or ''}"
 
-    def _stop_event(self, request: gr.Request | None) -> threading.Event:
+    def _stop_event(self, request: gr.Request | None, kind: str) -> threading.Event:
+        """A Stop flag for this page's run of ``kind`` (bounded: past the limit a run
+        gets a flag no button can reach, rather than memory growing)."""
         event = threading.Event()
-        if len(self._stops) < MAX_RUNNING_COMPARISONS:
-            self._stops[self._stop_id(request)] = event
+        if len(self._stops) < MAX_RUNNING_JOBS:
+            self._stops[self._stop_id(request, kind)] = event
         return event
+
+    # ---------------------------------------------------------------- Sanity tab
+
+    def sanity(
+        self,
+        image: Photo,
+        model: str | None,
+        target: str | None,
+        methods: Sequence[str] | None,
+        measure: str | None = DEFAULT_MEASURE,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+    ) -> Iterator[tuple[Any, Any, dict[str, Any], str]]:
+        """Cascading randomization: yields (grid, similarity plot, numbers, run key) after
+        each step. The Stop button (:meth:`stop_sanity`) ends it before the next step."""
+        from tgrad.sanity import MEASURES
+
+        chosen = self.method_list(methods)
+        measure = choice(measure, MEASURES, "The measure", DEFAULT_MEASURE)
+        explanation = self.compute(image, model, target, progress)
+        stop = self._stop_event(request, "sanity")
+        key = sanity_key(explanation, chosen)
+        try:
+            for run in self.session.sanity(explanation, chosen, progress, stop):
+                yield (
+                    render.sanity_grid(explanation, run),
+                    render.sanity_curves(run, measure),
+                    render.sanity_numbers(explanation, run),
+                    key,
+                )
+        except Stopped:
+            log.info("sanity check stopped by the user")
+        except GeneratorExit:  # Gradio cancelled the event between two steps
+            log.info("sanity check stopped by the user (cancelled between steps)")
+            raise
+        except MemoryError as error:
+            raise _user_error("Not enough memory for these methods.", "Too large") from error
+        finally:
+            self._stops.pop(self._stop_id(request, "sanity"), None)
+
+    def sanity_measure(self, key: str | None, measure: str | None) -> Any:
+        """The measure changed: redraw the curves of the last finished cascade."""
+        from tgrad.sanity import MEASURES
+
+        measure = choice(measure, MEASURES, "The measure", DEFAULT_MEASURE)
+        run = self.session.sanity_runs.get(key) if isinstance(key, str) else None
+        return gr.skip() if run is None else render.sanity_curves(run, measure)
 
     # ---------------------------------------------------------------- Evaluate tab
 

@@ -14,8 +14,15 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
-from explorer.session import Explanation, MethodMap, MethodScore
+from explorer.session import (
+    SANITY_MAP_SIZE,
+    Explanation,
+    MethodMap,
+    MethodScore,
+    SanityRun,
+)
 from tgrad import viz
 
 ALONE = "this layer alone"
@@ -253,7 +260,7 @@ NORMALISATION = (
     f"Every panel uses the same normalisation: the map divided by its own "
     f"{viz.ROBUST_PERCENTILE:g}th percentile and clipped to [0, 1] (so a few extreme pixels "
     f"cannot wash out the rest), the same colour map ({viz.DEFAULT_CMAP}: blue low, red "
-    f"high) and the same opacity ({COMPARE_ALPHA:g}). \"shared\" marks the methods that "
+    f'high) and the same opacity ({COMPARE_ALPHA:g}). "shared" marks the methods that '
     f"came out of one forward and backward pass together: the time shown is that pass's."
 )
 """What the Compare tab says under its grid (and the API returns with the timings)."""
@@ -377,3 +384,58 @@ def score_table(methods: Sequence[str], done: Mapping[str, MethodScore]) -> list
         for m in methods
         if m in done
     ]
+
+
+# ------------------------------------------------------------------------ the Sanity tab
+
+SANITY_ALPHA = 0.6
+
+
+def _small(pixels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def sanity_grid(explanation: Explanation, run: SanityRun) -> np.ndarray:
+    """The paper's Fig. 6: one row per method, one column per step (the original model,
+    then each randomized group); a grey panel for a step still to come: uint8 [H,W,3]."""
+    size = SANITY_MAP_SIZE
+    base = _small(explanation.pixels, size)
+    blank = np.full((size, size, 3), _PENDING_GREY, np.uint8)
+    columns = run.groups + 1
+    panels = []
+    for method in run.methods:
+        for index in range(columns):
+            if index < len(run.steps):
+                step = run.steps[index]
+                heat = viz.colorize_unit(viz.robust_normalize(step.maps[method]))
+                picture = viz.blend(base, heat, SANITY_ALPHA)
+                where = step.group
+            else:
+                picture, where = blank, "…"
+            title = f"{method_label(method)} · original" if index == 0 else f"{index}: {where}"
+            panels.append((picture, title))
+    return viz.panel_grid(panels, columns=columns, title_height=18, gap=3)
+
+
+def sanity_curves(run: SanityRun, measure: str) -> Figure:
+    """Similarity to the original map against the randomized groups, one line per method."""
+    groups = ["original", *(f"{i}: {s.group}" for i, s in enumerate(run.steps[1:], 1))]
+    pending = run.groups + 1 - len(run.steps)
+    groups += ["…"] * pending
+    curves = {
+        method_label(m): [step.similarity[m][measure] for step in run.steps] for m in run.methods
+    }
+    return viz.similarity_figure(groups, curves, measure)
+
+
+def sanity_numbers(explanation: Explanation, run: SanityRun) -> dict[str, Any]:
+    """The ``/sanity`` API's JSON: each step's group and every similarity."""
+    return {
+        "model": explanation.model,
+        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "groups": run.groups,
+        "steps": [
+            {"group": step.group, "seconds": round(step.seconds, 3), "similarity": step.similarity}
+            for step in run.steps
+        ],
+    }

@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from tgrad.decompose import Term
 from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
 from tgrad.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
-from tgrad.tgrad import TGrad, TGradResult
+from tgrad.tgrad import TGrad, TGradResult, upsample
 from tgrad.viz import to_uint8_image
 
 TOP1 = "top-1 (predicted)"
@@ -45,6 +45,10 @@ STOP_CHUNK = 8
 """Images per forward for the slow methods: the most work done after Stop is pressed."""
 MAX_METHOD_MAPS = 128
 """Method maps kept for the Compare tab (a 224 x 224 map is 200 KB: 128 are 25 MB)."""
+SANITY_MAP_SIZE = 112
+"""Side of the maps a cascade keeps: the grid shows many small panels."""
+MAX_SANITY_RUNS = 4
+SANITY_SEED = 0
 MAX_KEY_LENGTH = 200
 """The longest cache key (a 32-digit hash, a model name, a class index)."""
 MAX_TARGET_TEXT = 120
@@ -313,6 +317,34 @@ class MethodScore:
         return self.insertion_auc - self.deletion_auc
 
 
+@dataclass(frozen=True)
+class SanityStep:
+    """One step of a cascading randomization, as the Sanity tab keeps it."""
+
+    group: str
+    """The group randomized at this step (``"original"`` at step 0)."""
+    maps: dict[str, torch.Tensor]
+    """Method -> its map [s,s] at :data:`SANITY_MAP_SIZE` (bilinear), on the CPU."""
+    similarity: dict[str, dict[str, float]]
+    """Method -> measure -> similarity to step 0's map."""
+    seconds: float
+
+
+@dataclass
+class SanityRun:
+    """A cascade in progress or done: its steps so far, cached by photo, model, class,
+    methods and seed."""
+
+    methods: tuple[str, ...]
+    steps: list[SanityStep] = field(default_factory=list)
+    groups: int = 0
+    """How many groups the model has (the run is complete at ``groups + 1`` steps)."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self.steps) == self.groups + 1
+
+
 class Stopped(Exception):
     """The user pressed Stop: the running method gave up at its next progress report."""
 
@@ -338,6 +370,8 @@ class Session:
         self._count_lock = threading.Lock()
         self.maps: LRU[str, MethodMap] = LRU(max_maps)
         self.scores: LRU[str, MethodScore] = LRU(max_maps)
+        self.sanity_runs: LRU[str, SanityRun] = LRU(MAX_SANITY_RUNS)
+        """Finished cascades (a stopped one is not kept)."""
         """Insertion/deletion and Average Drop/Increase of those maps, by step count."""
         """Maps of the Compare tab's methods, keyed by explanation key and method."""
         self._work = threading.BoundedSemaphore(max_concurrent)
@@ -498,6 +532,64 @@ class Session:
             yield dict(done)
         report(1.0, "done")
 
+    def sanity(
+        self,
+        explanation: Explanation,
+        methods: Sequence[str],
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[SanityRun]:
+        """Cascading randomization of the explanation's model (SPEC 5), step by step.
+
+        Yields the run after each step. The cascade works on its own copy of the model
+        (the shared one is never touched) and takes a process-wide slot for one step at a
+        time, so other users' explanations interleave with a long cascade. ``stop`` set
+        by another thread ends it before the next step (:class:`Stopped`). A finished run
+        is cached.
+        """
+        from tgrad.sanity import cascade, randomization_groups
+
+        key = sanity_key(explanation, methods)
+        cached = self.sanity_runs.get(key)
+        if cached is not None:
+            yield cached
+            return
+        report = progress or (lambda fraction, what: None)
+        model = self.models.get(explanation.model).loaded.module
+        run = SanityRun(tuple(methods), groups=len(randomization_groups(model)))
+        target = torch.tensor([explanation.target])
+        steps = cascade(
+            model,
+            explanation.x,
+            target,
+            tuple(methods),
+            seed=SANITY_SEED,
+            options=self._method_options(explanation, methods),
+        )
+        for number in range(run.groups + 1):
+            if stop is not None and stop.is_set():
+                raise Stopped
+            group = "the original model" if number == 0 else f"group {number} of {run.groups}"
+            report(number / (run.groups + 1), f"randomizing: {group}")
+            with self._work:
+                step = next(steps)
+            run.steps.append(_sanity_step(step))
+            yield run
+        self.sanity_runs.put(key, run)
+        report(1.0, "done")
+
+    def _method_options(self, explanation: Explanation, methods: Sequence[str]) -> dict:
+        """The explorer's options for the slow methods: a black baseline for Integrated
+        Gradients and chunks of :data:`STOP_CHUNK` images (Stop answers within one)."""
+        preprocessing = self.models.get(explanation.model).loaded.preprocessing
+        black = preprocessing.normalize(torch.zeros_like(explanation.x[0]))
+        options = {
+            "integrated_gradients": {"baseline": black, "batch_size": STOP_CHUNK},
+            "smoothgrad": {"batch_size": STOP_CHUNK},
+            "scorecam": {"batch_size": STOP_CHUNK},
+        }
+        return {m: options[m] for m in methods if m in options}
+
     def _compute_maps(
         self, explanation: Explanation, methods: Sequence[str], step: Callable[[float], None]
     ) -> list[MethodMap]:
@@ -505,13 +597,6 @@ class Session:
         from tgrad.methods import explain as explain_methods
 
         entry = self.models.get(explanation.model)
-        preprocessing = entry.loaded.preprocessing
-        black = preprocessing.normalize(torch.zeros_like(explanation.x[0]))
-        options = {  # small chunks: Stop is honoured after at most 8 images
-            "integrated_gradients": {"baseline": black, "batch_size": STOP_CHUNK},
-            "smoothgrad": {"batch_size": STOP_CHUNK},
-            "scorecam": {"batch_size": STOP_CHUNK},
-        }
         with self._work:
             start = time.perf_counter()
             maps = explain_methods(
@@ -519,7 +604,7 @@ class Session:
                 explanation.x,
                 target=explanation.target,
                 methods=tuple(methods),
-                options={m: options[m] for m in methods if m in options},
+                options=self._method_options(explanation, methods),
                 progress=lambda method, done, total: step(done / max(total, 1)),
             )
             seconds = time.perf_counter() - start
@@ -528,6 +613,25 @@ class Session:
             MethodMap(name, maps[name][0].detach().cpu(), seconds, len(methods), layers.get(name))
             for name in methods
         ]
+
+
+def sanity_key(explanation: Explanation, methods: Sequence[str]) -> str:
+    """The cache key of a cascade: the explanation, the methods and the seed."""
+    return f"{explanation.key}:{','.join(methods)}:{SANITY_SEED}"
+
+
+def _sanity_step(step: Any) -> SanityStep:
+    """What the Sanity tab keeps of a :class:`tgrad.sanity.Step` (sample 0, small maps)."""
+    size = (SANITY_MAP_SIZE, SANITY_MAP_SIZE)
+    return SanityStep(
+        step.group,
+        {m: upsample(value[:1].float(), size)[0].cpu() for m, value in step.maps.items()},
+        {
+            m: {k: float(v[0]) for k, v in measures.items()}
+            for m, measures in step.similarity.items()
+        },
+        step.seconds,
+    )
 
 
 def _score_key(explanation: Explanation, method: str, n_steps: int) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import compare_tab, evaluate_tab, explain_tab
+from explorer import compare_tab, evaluate_tab, explain_tab, sanity_tab
 from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
 from explorer.session import SESSION, Session, available_models
 from tgrad.models import DEFAULT_MODEL
@@ -53,6 +53,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
             explain = explain_tab.build(handlers, models, key)
             compare_tab.build(handlers, explain)
             evaluate_tab.build(handlers, explain)
+            sanity_tab.build(handlers, explain)
             with gr.Tab("How to read this", id="guide-tab", elem_id="guide-tab"):
                 gr.Markdown(GUIDE, elem_id="guide")
     return demo

@@ -41,7 +41,9 @@ def pixels(path: str) -> np.ndarray:
 
 def test_the_api_endpoints(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert list(endpoints) == ["/explain", "/compare", "/evaluate"]
+    assert list(endpoints) == ["/explain", "/compare", "/evaluate", "/sanity"]
+    names = [p["parameter_name"] for p in endpoints["/sanity"]["parameters"]]
+    assert names == ["image", "model", "target", "methods", "measure"]
     names = [p["parameter_name"] for p in endpoints["/evaluate"]["parameters"]]
     assert names == ["image", "model", "target", "methods", "steps"]
     names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
@@ -182,3 +184,20 @@ def test_evaluate_through_the_api(client):
         assert row[3] == pytest.approx(row[1] - row[2], abs=2e-4)  # rounded to 4 places
         assert row[6] == 8
     assert insertion["type"] == "matplotlib" and deletion["plot"].startswith("data:image/png")
+
+
+def test_sanity_through_the_api(client):
+    grid, curves, numbers = client.predict(
+        handle_file(str(PHOTOS["coffee"])),
+        DEFAULT_MODEL,
+        "top-1 (predicted)",
+        ["vanilla"],
+        "spearman",
+        api_name="/sanity",
+    )
+    steps = numbers["steps"]
+    assert len(steps) == numbers["groups"] + 1 and steps[0]["group"] == "original"
+    assert steps[0]["similarity"]["vanilla"]["spearman"] == 1.0
+    assert all(-1 <= s["similarity"]["vanilla"]["spearman"] <= 1 for s in steps)
+    assert pixels(grid).shape[1] == len(steps) * (112 + 3) - 3
+    assert curves["plot"].startswith("data:image/png")

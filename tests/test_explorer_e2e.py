@@ -265,3 +265,35 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
         time.sleep(0.25)
     page.screenshot(path=str(OUTPUT / "e2e_compare_stopped.png"), full_page=True)
     assert page.page_errors == [] and page.external == []
+
+
+def test_sanity_check_fills_the_grid_and_stop_stops(page):
+    upload(page, PHOTOS["chelsea"])
+    page.get_by_role("tab", name="Sanity check").click()
+    methods = page.locator("#sanity-methods")
+    methods.wait_for(state="visible")
+    for label in ("bias terms · T-Grad", "CAM · GradCAM", "gradient · Guided Backprop"):
+        methods.get_by_label(label, exact=True).uncheck()  # Vanilla alone: a quick cascade
+    page.locator("#sanity-btn").click()
+    page.locator("#sanity-grid img").wait_for(state="visible")
+    page.get_by_text("Every similarity (as the /sanity API returns them)").click()
+    page.wait_for_function(  # the last group, the stem, is in the numbers: the run is done
+        "() => document.querySelector('#sanity-numbers').innerText.includes('_conv_stem')",
+        timeout=120_000,
+    )
+    page.locator("#sanity-curves img").wait_for(state="visible")
+    page.screenshot(path=str(OUTPUT / "e2e_sanity.png"), full_page=True)
+    assert error_toasts(page).count() == 0
+
+    # a second run with another method set, stopped early: the server logs it
+    methods.get_by_label("bias terms · T-Grad", exact=True).check()
+    before = src(page, "#sanity-grid img")
+    page.locator("#sanity-btn").click()
+    wait_for_new_src(page, "#sanity-grid img", before)  # the new run's first column is in
+    page.locator("#sanity-stop").click()
+    log = OUTPUT / "e2e_server.log"
+    deadline = time.monotonic() + 30
+    while "sanity check stopped by the user" not in log.read_text():
+        assert time.monotonic() < deadline, "the server did not stop the cascade"
+        time.sleep(0.25)
+    assert page.page_errors == [] and page.external == []

@@ -355,13 +355,13 @@ def test_pick_target_from_the_top5():
     assert Handlers.pick_target(selection) == "968: cup"
 
 
-def test_only_explain_compare_and_evaluate_are_public():
+def test_the_public_endpoints():
     from explorer.ui import build_demo
 
     demo = build_demo(Session())
     config = demo.get_config_file()
     public = [d["api_name"] for d in config["dependencies"] if d.get("api_visibility") == "public"]
-    assert public == ["explain", "compare", "evaluate"]
+    assert public == ["explain", "compare", "evaluate", "sanity"]
     ids = {c["props"].get("elem_id") for c in config["components"]}
     assert {
         "input-image",

@@ -240,3 +240,120 @@ def curves_figure(
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def similarity_figure(
+    groups: Sequence[str],
+    curves: Mapping[str, Sequence[float]],
+    measure: str,
+) -> Figure:
+    """The sanity check's curves (the paper's Fig. 6, right): one line per method, the
+    similarity of its map to the original model's against the randomized groups.
+
+    Args:
+        groups: step names, ``"original"`` first, then the group randomized at each step.
+        curves: label -> one similarity per step so far (shorter while a run goes on).
+        measure: the measure's name, for the y axis.
+    """
+    fig = Figure(figsize=(max(5.0, 0.32 * len(groups) + 2.0), 3.8))
+    ax = fig.subplots()
+    for label, values in curves.items():
+        ax.plot(range(len(values)), list(values), marker="o", markersize=3, label=label)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(groups)), list(groups), rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("randomized up to this group (from the output towards the input)")
+    ax.set_ylabel(f"similarity ({measure})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def sanity_grid(
+    groups: Sequence[str],
+    maps: Mapping[str, Sequence[torch.Tensor]],
+    size: int = 112,
+) -> np.ndarray:
+    """The maps of a sanity check (SPEC 5): one row per method, one column per step.
+
+    Args:
+        groups: the column titles: ``"original"``, then the group randomized at each step.
+        maps: method name -> one map [h,w] per step (any scale, non-negative).
+        size: the side of each panel in pixels (maps are resized bilinearly).
+    Returns:
+        uint8 [H,W,3]; each map scaled by its own 99th percentile
+        (:func:`robust_normalize`), since a randomized model's maps differ in scale.
+    """
+    panels = []
+    for method, row in maps.items():
+        if len(row) != len(groups):
+            raise ValueError(f"{method} has {len(row)} maps for {len(groups)} steps")
+        for group, saliency in zip(groups, row, strict=True):
+            small = upsample(saliency.detach().float()[None], (size, size))[0]
+            panels.append((colorize_unit(robust_normalize(small)), f"{method}: {group}"))
+    return panel_grid(panels, columns=len(groups), title_height=16)
+
+
+def sanity_curves(
+    groups: Sequence[str],
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    title: str = "cascading randomization",
+) -> Figure:
+    """Similarity to the original map after each step (SPEC 5), one panel per measure.
+
+    Args:
+        groups: the x axis: ``"original"``, then the group randomized at each step.
+        curves: measure -> method -> one similarity per step (e.g. a mean over images).
+    """
+    fig = Figure(figsize=(3.6 * len(curves), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
+    steps = np.arange(len(groups))
+    for ax, (measure, by_method) in zip(axes, curves.items(), strict=True):
+        for method, values in by_method.items():
+            ax.plot(steps, np.asarray(values, dtype=float), marker="o", ms=3, label=method)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xticks(steps, groups, rotation=90, fontsize=6)
+        ax.set_title(measure, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("similarity to the original map")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_grid(
+    images: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    row_labels: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+) -> Figure:
+    """The paper's Fig. 1: one row per image, the image then one column per method.
+
+    Args:
+        images: [B,3,H,W] in [0,1] (pixel space).
+        maps: method name -> raw maps [B,h,w]; each map is min-max normalised on its own.
+        row_labels: one label per image (e.g. its file and class), shown left of the row.
+    """
+    batch = images.shape[0]
+    columns = len(maps) + 1
+    fig = Figure(figsize=(1.9 * columns, 1.9 * batch + 0.4))
+    axes = fig.subplots(batch, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i in range(batch):
+        axes[i, 0].imshow(to_uint8_image(images[i]))
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+        for j, saliency in enumerate(maps.values(), 1):
+            axes[i, j].imshow(overlay(images[i], saliency[i], alpha, cmap))
+    axes[0, 0].set_title("image", fontsize=9)
+    for j, name in enumerate(maps, 1):
+        axes[0, j].set_title(name, fontsize=9)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.93, wspace=0.04, hspace=0.04)
+    return fig
