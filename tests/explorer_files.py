@@ -53,3 +53,10 @@ def svg_image(folder: Path) -> Path:
         '<circle cx="32" cy="32" r="30" fill="red"/></svg>\n'
     )
     return path
+
+
+class Request:
+    """What Gradio passes a handler as ``gr.Request``: the handlers read the session hash."""
+
+    def __init__(self, session_hash: str) -> None:
+        self.session_hash = session_hash

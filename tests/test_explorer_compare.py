@@ -13,28 +13,16 @@ import torch
 import tgrad.methods
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import Session, set_torch_threads
+from explorer.session import Session
+from tests.explorer_files import Request
 from tgrad import viz
 from tgrad.methods import METHODS
 from tgrad.models import DEFAULT_MODEL
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
+
 SINGLE = [name for name, method in METHODS.items() if method.single_pass]
 PHOTO = str(BUNDLED_PHOTOS[1])
-
-
-class Request:
-    """What Gradio passes as ``gr.Request``: only the session hash is read."""
-
-    def __init__(self, session_hash: str) -> None:
-        self.session_hash = session_hash
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    set_torch_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

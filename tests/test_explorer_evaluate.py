@@ -10,19 +10,14 @@ import torch
 import tgrad.metrics
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import Session, set_torch_threads
+from explorer.session import Session
 from tgrad.models import DEFAULT_MODEL
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
+
 
 PHOTO = str(BUNDLED_PHOTOS[3])
 STEPS = 8  # the conventions do not depend on the step count; 8 keeps the test short
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    set_torch_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,22 +22,14 @@ from explorer.session import (
     available_models,
     class_choices,
     parse_target,
-    set_torch_threads,
 )
 from explorer.uploads import UNUSABLE, PhotoGate
 from tests.explorer_files import PHOTOS, huge_png, large_photo, text_as_jpg, truncated_jpeg
 from tgrad.models import DEFAULT_MODEL, imagenet_categories
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
+
 CATEGORIES = imagenet_categories()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The app's setting (one torch thread per explanation); restored afterwards."""
-    before = torch.get_num_threads()
-    set_torch_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,16 @@ import torch
 
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import SANITY_MAP_SIZE, Session, set_torch_threads
+from explorer.session import SANITY_MAP_SIZE, Session
+from tests.explorer_files import Request
 from tgrad.models import DEFAULT_MODEL
 from tgrad.sanity import MEASURES, cascade, randomization_groups
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
+
+
 PHOTO = str(BUNDLED_PHOTOS[0])
 METHODS = ["vanilla", "gradcam"]  # the cheapest single-pass pair: a quick full cascade
-
-
-class Request:
-    def __init__(self, session_hash: str) -> None:
-        self.session_hash = session_hash
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    set_torch_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,25 +20,19 @@ from pathlib import Path
 import gradio as gr
 import httpx
 import pytest
-import torch
 from torch import nn
 
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import Session, content_key, parse_key, set_torch_threads
+from explorer.session import Session, content_key, parse_key
 from explorer.uploads import UNUSABLE, PhotoGate, PhotoRejected
 from tests.explorer_files import PHOTOS
 from tgrad.models import DEFAULT_MODEL, LITE0_PREPROCESSING, imagenet_categories
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
+
+
 UNUSABLE_RE = re.escape(UNUSABLE)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    set_torch_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
