@@ -128,6 +128,15 @@ def wait_for_new_src(page, selector: str, old: str | None) -> str:
     return src(page, selector)
 
 
+def wait_for_log(text: str, seconds: float = 30) -> None:
+    """Wait until the server's log says ``text`` (how a test sees that work stopped)."""
+    log = OUTPUT / "e2e_server.log"
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"the server never logged {text!r}"
+        time.sleep(0.25)
+
+
 def error_toasts(page):
     return page.locator(".toast-body.error")
 
@@ -258,11 +267,7 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
     page.locator("#compare-grid .progress-text").wait_for(state="visible")
     page.wait_for_timeout(1500)
     page.locator("#compare-stop").click()
-    log = OUTPUT / "e2e_server.log"
-    deadline = time.monotonic() + 20
-    while "comparison stopped by the user; not computed: scorecam" not in log.read_text():
-        assert time.monotonic() < deadline, "the server did not stop ScoreCAM"
-        time.sleep(0.25)
+    wait_for_log("comparison stopped by the user; not computed: scorecam")
     page.screenshot(path=str(OUTPUT / "e2e_compare_stopped.png"), full_page=True)
     assert page.page_errors == [] and page.external == []
 
@@ -291,9 +296,5 @@ def test_sanity_check_fills_the_grid_and_stop_stops(page):
     page.locator("#sanity-btn").click()
     wait_for_new_src(page, "#sanity-grid img", before)  # the new run's first column is in
     page.locator("#sanity-stop").click()
-    log = OUTPUT / "e2e_server.log"
-    deadline = time.monotonic() + 30
-    while "sanity check stopped by the user" not in log.read_text():
-        assert time.monotonic() < deadline, "the server did not stop the cascade"
-        time.sleep(0.25)
+    wait_for_log("sanity check stopped by the user")
     assert page.page_errors == [] and page.external == []
