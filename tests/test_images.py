@@ -214,6 +214,17 @@ def test_webp_limit_counts_the_decoders_copies():
     assert load_image(small).size == (2048, 2048)
 
 
+def test_tiff_limit_counts_the_strip_that_libtiff_reads_whole(tmp_path):
+    """One strip (RowsPerStrip = height) doubles the decode: 100 MB of RGBA + 100 MB."""
+    image = Image.new("RGBA", (5001, 5000), (10, 20, 30, 255))
+    one_strip = save(image, tmp_path / "one.tif", compression="tiff_lzw", strip_size=2**40)
+    assert Image.open(one_strip).tag_v2[278] == 5000
+    with pytest.raises(ImageLoadError, match="25,005,000 pixels, more than the limit of 25,00"):
+        load_image(one_strip)
+    small_strips = save(image, tmp_path / "many.tif", compression="tiff_lzw")
+    assert load_image(small_strips).size == (2048, 2048)
+
+
 def jpeg_header(width, height, **options):
     """A small JPEG's bytes with its frame header patched to claim width x height."""
     data = bytearray(

@@ -39,11 +39,13 @@ MAX_PIXELS: int = 64_000_000
 MAX_SIDE: int = 2048
 
 # What the decoder may hold at once, in bytes. The target is one explanation adding less
-# than 300 MB to the server: the reduced RGB image (< (1.5 * 2048)**2 * 4 = 38 MB), the
-# bands being converted (~12 MB), the final LANCZOS image (16 MB) and malloc's slack come
-# on top of the decoder's buffer, and the explanation of a 224 x 224 input itself peaks at
-# about 130 MB after the decoded image is gone. PIL keeps RGB, RGBA, LA, CMYK, I and F at
-# 4 bytes per pixel, so RGB/RGBA PNGs and TIFFs stop at 50 MP, 16-bit grayscale (2 bytes)
+# than 300 MB to the server. On top of the decoder's buffer come the image reduced by an
+# integer factor (under (1.5 * 2048)**2 * 4 = 38 MB once the image is over twice the
+# target; a smaller one is copied whole, but then it decodes to under 67 MB), the bands
+# being converted (~15 MB) and malloc's slack: measured, about 40 MB. The full-size image
+# is freed before the final LANCZOS resize, and the explanation of the 224 x 224 input
+# itself peaks at about 130 MB. PIL keeps RGB, RGBA, LA, CMYK, I and F at 4 bytes a pixel,
+# so RGB/RGBA PNGs and TIFFs stop at 50 MP (~240 MB measured), 16-bit grayscale (2 bytes)
 # and 8-bit grayscale or palette (1 byte) at MAX_PIXELS; a JPEG is decoded at 1/2 .. 1/8
 # scale and fits easily unless progressive (see _decode_cost).
 DECODE_BUDGET: int = 200_000_000
@@ -61,7 +63,8 @@ _ONE_BYTE_MODES = frozenset({"1", "L", "P"})
 # canvas and the frame, and PIL copies them into a bytes object and the image (7.1 MP
 # RGBA: ~5, counted 7). OpenJPEG holds every component as int32 (RGB: 18 bytes a pixel,
 # 4.5; RGBA would be 5). libavif holds the YUV planes (16-bit for 10/12-bit files) and an
-# RGBA buffer before PIL's copies (8-bit 4:2:0: 8.4 bytes, 2.1; 12-bit 4:4:4 ~18: 5).
+# RGBA buffer before PIL's copies (8-bit 4:2:0: 8.4 bytes, 2.1; 12-bit 4:4:4 estimated
+# at ~18 bytes: 4.5).
 _DECODER_COPIES = {"WEBP": 7, "JPEG2000": 5, "AVIF": 5}
 _BAND_PIXELS = 1 << 20  # pixels converted at a time: 4 MB per band of RGBA
 _UNREADABLE = "cannot be read as an image."
@@ -233,7 +236,7 @@ def _decode_cost(image: Image.Image, full_size: tuple[int, int]) -> int:
     RGB included); some decoders hold several such buffers (_DECODER_COPIES). libjpeg
     decodes a progressive JPEG through a whole-image buffer of DCT coefficients, 2 bytes
     per sample at *full* size whatever the draft scale (a 4:2:0 colour JPEG has 1.5
-    samples per pixel, 4:4:4 has 3, CMYK 4).
+    samples per pixel, 4:4:4 has 3, CMYK 4). libtiff reads a whole strip or tile at once.
     """
     width, height = image.size
     bytes_per_pixel = 1 if image.mode in _ONE_BYTE_MODES else 2 if "I;16" in image.mode else 4
@@ -243,7 +246,26 @@ def _decode_cost(image: Image.Image, full_size: tuple[int, int]) -> int:
         v_max = max(v for _, _, v, _ in image.layer)
         samples = sum(h * v for _, h, v, _ in image.layer) / (h_max * v_max)
         cost += math.ceil(2 * samples * full_size[0] * full_size[1])
+    if image.format == "TIFF":
+        cost += _tiff_chunk_bytes(image)
     return cost
+
+
+def _tiff_chunk_bytes(image: Image.Image) -> int:
+    """Bytes of one strip or tile, which libtiff reads whole into a buffer of its own.
+
+    A TIFF written as one strip (RowsPerStrip = height) doubles the decode: measured,
+    a 36 MP one-strip RGBA TIFF needs 282 MB, the same with 64 kB strips 196 MB.
+    """
+    tags = image.tag_v2  # type: ignore[attr-defined]
+    width, height = image.size
+    bits = tags.get(258, 1)  # BitsPerSample: one value per sample, or one for all
+    bits_per_pixel = sum(bits) if isinstance(bits, tuple) else bits * tags.get(277, 1)
+    if 322 in tags:  # TileWidth x TileLength
+        pixels = tags[322] * tags.get(323, 1)
+    else:
+        pixels = width * min(tags.get(278, height), height)  # RowsPerStrip
+    return math.ceil(pixels * bits_per_pixel / 8)
 
 
 def _fitted_size(size: tuple[int, int]) -> tuple[int, int]:
