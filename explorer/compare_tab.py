@@ -15,17 +15,7 @@ import gradio as gr
 from explorer import render
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import Handlers
-
-FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient"}
-
-
-def method_choices() -> list[tuple[str, str]]:
-    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients)."""
-    from tgrad.methods import METHODS
-
-    order = list(FAMILY_NAMES)
-    ranked = sorted(METHODS.items(), key=lambda item: order.index(item[1].family))  # stable
-    return [(f"{FAMILY_NAMES[m.family]} · {render.method_label(name)}", name) for name, m in ranked]
+from explorer.widgets import method_picker, run_and_stop, wire_stop
 
 
 def default_methods() -> list[str]:
@@ -46,16 +36,8 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                methods = gr.CheckboxGroup(
-                    method_choices(),
-                    value=default_methods(),
-                    label="Methods",
-                    info="Grouped by family: bias terms (T-Grad), CAM, gradient.",
-                    elem_id="compare-methods",
-                )
-                with gr.Row():
-                    run = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                    stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+                methods = method_picker(default_methods(), "compare-methods")
+                run, stop = run_and_stop("Compare", "compare")
             with gr.Column(scale=3, min_width=400):
                 grid = gr.Image(
                     label="Each method's map over the photo",
@@ -81,11 +63,4 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         concurrency_limit=2,
         preprocess=False,
     )
-    stop.click(
-        handlers.stop_compare,
-        None,
-        None,
-        cancels=[running],
-        queue=False,
-        api_visibility="private",
-    )
+    wire_stop(stop, handlers.stop_compare, running)

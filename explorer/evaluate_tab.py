@@ -13,9 +13,9 @@ from __future__ import annotations
 import gradio as gr
 
 from explorer import render
-from explorer.compare_tab import method_choices
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import DEFAULT_STEPS, MAX_STEPS, Handlers
+from explorer.widgets import method_picker
 
 DEFAULT_METHODS = ["tgrad", "gradcam", "fullgrad", "vanilla", "input_x_gradient"]
 STEP_CHOICES = [
@@ -41,12 +41,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                methods = gr.CheckboxGroup(
-                    method_choices(),
-                    value=DEFAULT_METHODS,
-                    label="Methods",
-                    elem_id="evaluate-methods",
-                )
+                methods = method_picker(DEFAULT_METHODS, "evaluate-methods")
                 steps = gr.Radio(
                     STEP_CHOICES,
                     value=DEFAULT_STEPS,

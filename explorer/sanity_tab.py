@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from explorer.compare_tab import method_choices
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import DEFAULT_MEASURE, Handlers
+from explorer.widgets import method_picker, run_and_stop, wire_stop
 
 DEFAULT_METHODS = ["tgrad", "gradcam", "vanilla", "guided_backprop"]
 MEASURE_CHOICES = [
@@ -40,21 +40,14 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
-                methods = gr.CheckboxGroup(
-                    method_choices(),
-                    value=DEFAULT_METHODS,
-                    label="Methods",
-                    elem_id="sanity-methods",
-                )
+                methods = method_picker(DEFAULT_METHODS, "sanity-methods")
                 measure = gr.Dropdown(
                     MEASURE_CHOICES,
                     value=DEFAULT_MEASURE,
                     label="Similarity measure",
                     elem_id="sanity-measure",
                 )
-                with gr.Row():
-                    run = gr.Button("Run", variant="primary", elem_id="sanity-btn")
-                    stop = gr.Button("Stop", variant="stop", elem_id="sanity-stop")
+                run, stop = run_and_stop("Run", "sanity")
             with gr.Column(scale=3, min_width=400):
                 curves = gr.Plot(
                     label="Similarity to the original map", format="png", elem_id="sanity-curves"
@@ -81,14 +74,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         concurrency_limit=2,
         preprocess=False,
     )
-    stop.click(
-        handlers.stop_sanity,
-        None,
-        None,
-        cancels=[running],
-        queue=False,
-        api_visibility="private",
-    )
+    wire_stop(stop, handlers.stop_sanity, running)
     measure.change(
         handlers.sanity_measure,
         [run_key, measure],
