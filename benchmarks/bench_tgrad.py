@@ -1,7 +1,9 @@
 """T-Grad against its physical floor: one plain forward + backward (vanilla gradient).
 
-Both are timed in the same run, interleaved, on the same inputs; the table reports the
+All are timed in the same run, interleaved, on the same inputs; the table reports the
 median of each and their ratio (the machine is noisy, ratios are what to compare).
+"T-Grad" is the default strict mode, which watches every operation of the forward
+(the op guard); "no guard" is ``strict=False``, so their ratio is the guard's cost.
 
     python benchmarks/bench_tgrad.py                 # VGG-16, ResNet-50, Lite0 at batch 1 and 8
     python benchmarks/bench_tgrad.py --models resnet50 --batches 1 --repeats 5
@@ -52,21 +54,26 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     print(f"device: {args.device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"{'model':<20}{'batch':>6}{'fwd+bwd s':>12}{'T-Grad s':>12}{'ratio':>8}")
+    print(
+        f"{'model':<20}{'batch':>6}{'fwd+bwd s':>12}{'T-Grad s':>12}{'ratio':>8}"
+        f"{'no guard s':>12}{'guard cost':>12}"
+    )
     for name in args.models:
         # weights do not change the arithmetic; random ones need no download
         model = load_model(name, weights="random", device=args.device).module
-        explain = TGrad(model)
+        explain, unguarded = TGrad(model), TGrad(model, strict=False)
         for batch in args.batches:
             x = torch.randn(batch, 3, args.size, args.size, device=args.device)
             timed(vanilla_gradient, model, x, sync=sync)  # warm-up
             timed(explain, x, sync=sync)
-            base, ours = [], []
-            for _ in range(args.repeats):  # interleaved, so drifts hit both alike
+            timed(unguarded, x, sync=sync)
+            base, ours, loose = [], [], []
+            for _ in range(args.repeats):  # interleaved, so drifts hit all alike
                 base.append(timed(vanilla_gradient, model, x, sync=sync))
                 ours.append(timed(explain, x, sync=sync))
-            b, o = statistics.median(base), statistics.median(ours)
-            print(f"{name:<20}{batch:>6}{b:>12.3f}{o:>12.3f}{o / b:>8.2f}")
+                loose.append(timed(unguarded, x, sync=sync))
+            b, o, n = statistics.median(base), statistics.median(ours), statistics.median(loose)
+            print(f"{name:<20}{batch:>6}{b:>12.3f}{o:>12.3f}{o / b:>8.2f}{n:>12.3f}{o / n:>12.2f}")
 
 
 if __name__ == "__main__":
