@@ -2,6 +2,7 @@
 
 python -m tgrad explain IMAGE [IMAGE ...] [--model NAME] [--target CLASS] [--out FILE]
 python -m tgrad models
+python -m tgrad sanity IMAGE [IMAGE ...] [--model NAME] [--methods M ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -88,6 +89,104 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unique_stems(paths: Sequence[str]) -> list[str]:
+    """File stems, numbered where two images share one (``a/x.jpg``, ``b/x.jpg``)."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems, 1)]
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+
+    from tgrad import viz
+    from tgrad.methods import resolve_methods
+    from tgrad.sanity import MEASURES, cascade, randomization_groups
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    methods = resolve_methods(args.methods)
+    loaded = load_model(args.model, args.weights, device=args.device)
+    target = None if args.target is None else find_class(args.target, loaded.categories)
+    images = [loaded.preprocessing(load_image(p)) for p in args.images]  # fail before the run
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = ["original"] + [g.name for g in randomization_groups(loaded.module)]
+    totals = {s: {m: [0.0] * len(groups) for m in methods} for s in MEASURES}
+    rows: list[tuple] = []
+    stems = _unique_stems(args.images)
+    chunks = range(0, len(images), args.batch_size)
+    with tqdm(total=len(groups) * len(chunks), desc="randomizing", unit="step") as bar:
+        for start in chunks:
+            x = torch.stack(images[start : start + args.batch_size]).to(args.device)
+            names = stems[start : start + len(x)]
+            maps: dict[str, dict[str, list]] = {n: {m: [] for m in methods} for n in names}
+            steps = cascade(
+                loaded.module,
+                x,
+                target,
+                methods,
+                seed=args.seed,
+                mode=args.mode,
+                rederive_target=args.rederive_target,
+            )
+            for step in steps:
+                for i, name in enumerate(names):
+                    for m in methods:
+                        maps[name][m].append(step.maps[m][i].cpu())
+                        for s in MEASURES:
+                            value = float(step.similarity[m][s][i])
+                            totals[s][m][step.index] += value
+                            rows.append((name, step.index, step.group, m, s, f"{value:.6f}"))
+                bar.update()
+            for name in names:
+                Image.fromarray(viz.sanity_grid(groups, maps[name])).save(
+                    out / f"{name}_sanity.png"
+                )
+    means = {
+        s: {m: [v / len(images) for v in t] for m, t in by.items()} for s, by in totals.items()
+    }
+    title = f"{loaded.name} ({loaded.weights}), {args.mode}, mean of {len(images)} image(s)"
+    viz.sanity_curves(groups, means, title).savefig(out / "sanity_curves.png", dpi=120)
+    with open(out / "sanity_similarity.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("image", "step", "group", "method", "measure", "similarity"))
+        writer.writerows(rows)
+    print(f"mean spearman_abs similarity to the original map ({len(images)} image(s))")
+    print(f"{'step':>4}  {'group':<28}" + "".join(f"{m:>18}" for m in methods))
+    for index, group in enumerate(groups):
+        values = "".join(f"{means['spearman_abs'][m][index]:>18.3f}" for m in methods)
+        print(f"{index:>4}  {group:<28}{values}")
+    print(f"wrote {len(images)} grid(s), sanity_curves.png and sanity_similarity.csv to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tgrad.evaluate import evaluate
+
+    names = [n.strip() for spec in args.methods for n in spec.split(",") if n.strip()]
+    report = evaluate(
+        args.images,
+        args.model,
+        "all" if "all" in names else names,
+        args.n,
+        args.batch_size,
+        args.device,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        weights=args.weights,
+    )
+    if report is None:  # a rank other than 0 under torchrun
+        return 0
+    print(report.files[1].read_text(encoding="utf-8"))
+    for method, ms in report.ms_per_unit.items():
+        print(f"{method:<22}{1000.0 / ms if ms else 0.0:8.2f} images/s (map and both metrics)")
+    print(f"wrote {', '.join(f.name for f in report.files)} to {report.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tgrad``."""
     parser = argparse.ArgumentParser(prog="python -m tgrad", description="T-Grad explanations")
@@ -113,6 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(run=_explain)
     ls = sub.add_parser("models", help="list the models and whether their weights are available")
     ls.set_defaults(run=_models)
+    sa = sub.add_parser(
+        "sanity",
+        help="cascading randomization (SPEC 5): maps and their similarity as layers go random",
+    )
+    sa.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    sa.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    sa.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
+    sa.add_argument(
+        "--methods",
+        nargs="+",
+        default=["tgrad", "guided_backprop"],
+        help="methods to check, or 'all' (default: tgrad guided_backprop)",
+    )
+    sa.add_argument("--out", default="sanity", help="folder for the PNGs and CSV")
+    sa.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+    sa.add_argument("--mode", default="cascading", choices=("cascading", "independent"))
+    sa.add_argument("--target", help="class index or name (default: each image's top-1)")
+    sa.add_argument(
+        "--rederive-target",
+        action="store_true",
+        help="explain each randomized model's own top-1 class, not the original one",
+    )
+    sa.add_argument("--batch-size", type=int, default=8, help="images per cascade")
+    sa.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    sa.set_defaults(run=_sanity)
     return parser
 
 
