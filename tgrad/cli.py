@@ -162,31 +162,6 @@ def _sanity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from tgrad.evaluate import evaluate
-
-    names = [n.strip() for spec in args.methods for n in spec.split(",") if n.strip()]
-    report = evaluate(
-        args.images,
-        args.model,
-        "all" if "all" in names else names,
-        args.n,
-        args.batch_size,
-        args.device,
-        args.out,
-        steps=args.steps,
-        seed=args.seed,
-        weights=args.weights,
-    )
-    if report is None:  # a rank other than 0 under torchrun
-        return 0
-    print(report.files[1].read_text(encoding="utf-8"))
-    for method, ms in report.ms_per_unit.items():
-        print(f"{method:<22}{1000.0 / ms if ms else 0.0:8.2f} images/s (map and both metrics)")
-    print(f"wrote {', '.join(f.name for f in report.files)} to {report.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tgrad``."""
     parser = argparse.ArgumentParser(prog="python -m tgrad", description="T-Grad explanations")
