@@ -357,3 +357,44 @@ def method_grid(
         axes[0, j].set_title(name, fontsize=9)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.93, wspace=0.04, hspace=0.04)
     return fig
+
+
+def method_times(
+    methods: Sequence[str], ms_per_image: Sequence[float], title: str = ""
+) -> Figure:
+    """The paper's Fig. 3: the time of each method's map, in ms per image (log scale)."""
+    fig = Figure(figsize=(max(4.5, 0.6 * len(methods) + 1.5), 3.6))
+    ax = fig.subplots()
+    values = np.asarray(ms_per_image, dtype=float)
+    bars = ax.bar(np.arange(len(methods)), values, color="tab:blue")
+    ax.bar_label(bars, [f"{v:.3g}" for v in values], fontsize=7)
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+    if len(values) and np.all(values > 0):
+        ax.set_yscale("log")
+    ax.set_ylabel("ms per image")
+    ax.set_title(title or "time per method", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def method_scores(
+    methods: Sequence[str], scores: Mapping[str, Sequence[float]], title: str = ""
+) -> Figure:
+    """The paper's Fig. 4: grouped bars per method, one per score (e.g. insertion,
+    deletion and insertion - deletion AUCs, means over images)."""
+    fig = Figure(figsize=(max(5.0, 0.9 * len(methods) + 1.5), 3.8))
+    ax = fig.subplots()
+    where = np.arange(len(methods))
+    width = 0.8 / max(1, len(scores))
+    for i, (label, values) in enumerate(scores.items()):
+        offset = (i - (len(scores) - 1) / 2) * width
+        ax.bar(where + offset, np.asarray(values, dtype=float), width, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(where, methods, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("AUC")
+    ax.set_title(title or "insertion / deletion", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
