@@ -95,3 +95,24 @@ def test_several_images_in_one_call(tmp_path, capsys):
         assert (tmp_path / f"{stem}_tgrad_layers.png").exists()
     code = main(["explain", *images, "--out", str(tmp_path / "one.png")])
     assert code == 2 and "--out names one file" in capsys.readouterr().err
+
+
+def test_explain_with_methods_writes_one_figure_and_times(tmp_path, capsys):
+    images = [str(ASSETS / "coffee.jpg"), str(ASSETS / "chelsea.jpg")]
+    out = tmp_path / "fig1.png"
+    code = main(["explain", *images, "--method", "tgrad, gradcam,vanilla", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert re.search(r"coffee\.jpg: class 967 'espresso'", text)
+    for name, layer in (("tgrad", "-"), ("gradcam", "_act1"), ("vanilla", "-")):
+        assert re.search(rf"^{re.escape(name)}\s+\w+\s+\d+\.\d+\s+{layer}", text, re.M), name
+    assert "integrated_gradients" not in text
+    width, height = Image.open(out).size
+    assert width > 3 * height / 2  # 2 rows, 4 columns: the image and 3 methods
+    assert not (tmp_path / "coffee_tgrad.png").exists()  # nothing of the per-image outputs
+
+
+def test_explain_with_an_unknown_method_is_one_line(tmp_path, capsys):
+    code = main(["explain", str(ASSETS / "coffee.jpg"), "--method", "gradcam,magic"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "magic" in err

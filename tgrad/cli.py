@@ -1,9 +1,9 @@
 """``python -m tgrad``: explain images from the command line.
 
 python -m tgrad explain IMAGE [IMAGE ...] [--model NAME] [--target CLASS] [--out FILE]
+python -m tgrad explain IMAGE [IMAGE ...] --method NAME[,NAME...]|all [--out FILE]
 python -m tgrad models
 python -m tgrad sanity IMAGE [IMAGE ...] [--model NAME] [--methods M ...] [--out DIR]
-python -m tgrad evaluate --images DIR [--model NAME] [--methods all|M,M] [--n N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def decomposition_table(result: TGradResult, sample: int = 0) -> str:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    if args.method is not None:
+        return _explain_methods(args)
     if args.out is not None and len(args.images) > 1:
         raise ValueError("--out names one file; with several images use --out-dir")
     loaded: LoadedModel = load_model(args.model, args.weights, device=args.device)
@@ -79,6 +81,68 @@ def _explain(args: argparse.Namespace) -> int:
         viz.layer_strip(result, pixels).savefig(strip_path, dpi=120)
         viz.decomposition_chart(result).savefig(chart_path, dpi=120)
         print(f"wrote {overlay_path}, {strip_path} and {chart_path}")
+    return 0
+
+
+def _method_names(spec: str) -> tuple[str, ...]:
+    """``--method``: ``all`` or names separated by commas."""
+    from tgrad.methods import resolve_methods
+
+    spec = spec.strip()
+    return resolve_methods("all" if spec == "all" else [n.strip() for n in spec.split(",")])
+
+
+def _explain_methods(args: argparse.Namespace) -> int:
+    """``explain --method``: one figure (a row per image, a column per method, as the
+    paper's Fig. 1) and the time of each method. All images go through as one batch."""
+    import torch
+
+    from tgrad.methods import METHODS, explain
+
+    names = _method_names(args.method)
+    loaded: LoadedModel = load_model(args.model, args.weights, device=args.device)
+    target = None if args.target is None else find_class(args.target, loaded.categories)
+    x = torch.stack([loaded.preprocessing(load_image(p)) for p in args.images]).to(args.device)
+    options = {
+        "tgrad": {"strict": not args.allow_gap},
+        "integrated_gradients": {"preprocessing": loaded.preprocessing},
+    }
+    bars: dict[str, tqdm] = {}
+
+    def progress(method: str, done: int, total: int) -> None:
+        if method not in bars:
+            bars[method] = tqdm(total=total, desc=method, unit="step", leave=False)
+        bars[method].update(done - bars[method].n)
+
+    try:
+        maps = explain(loaded.module, x, target, names, options, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    n = len(args.images)
+    print(f"{loaded.name} ({loaded.weights} weights), {n} image(s) on {args.device}")
+    classes = maps.target.tolist()
+    logits = maps.logits.gather(1, maps.target[:, None])[:, 0].tolist()
+    for path, cls, logit in zip(args.images, classes, logits, strict=True):
+        print(f"  {path}: class {cls} {loaded.categories[cls]!r}, logit {logit:.4f}")
+    print(f"shared forward + backward: {maps.pass_seconds / n:.4f} s per image")
+    print(f"{'method':<22}{'family':<10}{'s per image':>12}  layer")
+    for name in names:
+        info = METHODS[name]
+        layer = maps.layers.get(name, "-") + (" (+ shared pass)" if info.single_pass else "")
+        print(f"{name:<22}{info.family:<10}{maps.seconds[name] / n:>12.4f}  {layer}")
+    from tgrad import viz  # matplotlib is only needed once there is something to draw
+
+    out = Path(args.out) if args.out else Path(args.out_dir) / "methods.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        f"{Path(p).name}: {loaded.categories[c]}" for p, c in zip(args.images, classes, strict=True)
+    ]
+    pixels = loaded.preprocessing.to_pixels(x.cpu())
+    viz.method_grid(pixels, {k: v.cpu() for k, v in maps.items()}, rows, args.alpha).savefig(
+        out, dpi=100
+    )
+    print(f"wrote {out}")
     return 0
 
 
@@ -210,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="explain models that do not decompose exactly, reporting the gap",
     )
+    ex.add_argument(
+        "--method",
+        help="compare methods instead: NAME[,NAME...] or 'all' (tgrad, gradcam, gradcam++, "
+        "xgradcam, eigencam, scorecam, fullgrad, vanilla, input_x_gradient, "
+        "integrated_gradients, smoothgrad); writes one figure (--out, default "
+        "OUT_DIR/methods.png) and prints each method's time",
+    )
     ex.set_defaults(run=_explain)
     ls = sub.add_parser("models", help="list the models and whether their weights are available")
     ls.set_defaults(run=_models)
@@ -238,34 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--batch-size", type=int, default=8, help="images per cascade")
     sa.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sa.set_defaults(run=_sanity)
-    ev = sub.add_parser(
-        "evaluate",
-        help="faithfulness of the methods over a folder of images: table (Table 1) and charts "
-        "(Figs. 3-4); resumable; splits over processes under torchrun",
-    )
-    ev.add_argument(
-        "--images",
-        required=True,
-        help="a folder of images, flat or with class subfolders (WordNet ids such as "
-        "n01440764 give the class explained; otherwise the top-1)",
-    )
-    ev.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
-    ev.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
-    ev.add_argument(
-        "--methods",
-        nargs="+",
-        default=["all"],
-        help="'all' (default) or method names, separated by spaces or commas",
-    )
-    ev.add_argument("--n", type=int, default=2000, help="images sampled (default 2000)")
-    ev.add_argument(
-        "--batch-size", type=int, default=32, help="perturbed images per forward pass"
-    )
-    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (torchrun: cuda)")
-    ev.add_argument("--out", default="evaluation", help="results folder (reused to resume)")
-    ev.add_argument("--steps", type=int, default=224, help="insertion/deletion steps")
-    ev.add_argument("--seed", type=int, default=0, help="seeds the sample of images")
-    ev.set_defaults(run=_evaluate)
     return parser
 
 
