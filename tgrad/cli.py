@@ -4,6 +4,7 @@ python -m tgrad explain IMAGE [IMAGE ...] [--model NAME] [--target CLASS] [--out
 python -m tgrad explain IMAGE [IMAGE ...] --method NAME[,NAME...]|all [--out FILE]
 python -m tgrad models
 python -m tgrad sanity IMAGE [IMAGE ...] [--model NAME] [--methods M ...] [--out DIR]
+python -m tgrad evaluate --images DIR [--model NAME] [--methods all|M,M] [--n N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -309,6 +310,34 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--batch-size", type=int, default=8, help="images per cascade")
     sa.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sa.set_defaults(run=_sanity)
+    ev = sub.add_parser(
+        "evaluate",
+        help="faithfulness of the methods over a folder of images: table (Table 1) and charts "
+        "(Figs. 3-4); resumable; splits over processes under torchrun",
+    )
+    ev.add_argument(
+        "--images",
+        required=True,
+        help="a folder of images, flat or with class subfolders (WordNet ids such as "
+        "n01440764 give the class explained; otherwise the top-1)",
+    )
+    ev.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    ev.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
+    ev.add_argument(
+        "--methods",
+        nargs="+",
+        default=["all"],
+        help="'all' (default) or method names, separated by spaces or commas",
+    )
+    ev.add_argument("--n", type=int, default=2000, help="images sampled (default 2000)")
+    ev.add_argument(
+        "--batch-size", type=int, default=32, help="perturbed images per forward pass"
+    )
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (torchrun: cuda)")
+    ev.add_argument("--out", default="evaluation", help="results folder (reused to resume)")
+    ev.add_argument("--steps", type=int, default=224, help="insertion/deletion steps")
+    ev.add_argument("--seed", type=int, default=0, help="seeds the sample of images")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 
