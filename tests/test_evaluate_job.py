@@ -223,7 +223,9 @@ def test_unreadable_images_are_left_out_and_not_retried(tmp_path, one_thread):
 # --------------------------------------------------------------------------------------
 # The command line with the real model: killed and rerun; torchrun with two processes
 
-CLI_ARGS = ["--methods", "tgrad,gradcam", "--n", "4", "--steps", "4", "--batch-size", "16"]
+# The sample size is given as -n: torchrun's own parser takes --n for an abbreviation of
+# its options (--nnodes, --nproc-per-node, ...) and stops.
+CLI_ARGS = ["--methods", "tgrad,gradcam", "-n", "3", "--steps", "4", "--batch-size", "16"]
 
 
 def _env() -> dict[str, str]:
@@ -236,7 +238,8 @@ def _env() -> dict[str, str]:
 def reference(folder, tmp_path_factory, one_thread) -> Path:
     """An uninterrupted single-process run of the command line (in-process)."""
     out = tmp_path_factory.mktemp("reference")
-    assert cli.main(["evaluate", "--images", str(folder), *CLI_ARGS, "--out", str(out)]) == 0
+    args = ["evaluate", "--images", str(folder), *CLI_ARGS, "--out", str(out)]
+    assert cli.main([a if a != "-n" else "--n" for a in args]) == 0
     return out
 
 
@@ -260,10 +263,10 @@ def test_cli_run_killed_half_way_and_rerun_ends_with_the_same_table(
         process.send_signal(signal.SIGKILL)
         process.wait()
     done = len(read_records(out))
-    assert 2 <= done < 8
+    assert 2 <= done < 6
     assert cli.main(["evaluate", "--images", str(folder), *CLI_ARGS, "--out", str(out)]) == 0
     assert "images/s" in capsys.readouterr().out
-    assert len(read_records(out)) == 8
+    assert len(read_records(out)) == 6
     assert _table(out) == _table(reference)
     assert _per_image(out) == _per_image(reference)
 
@@ -277,7 +280,7 @@ def test_torchrun_two_processes_write_the_table_of_one(folder, reference, tmp_pa
                          timeout=540)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [len((out / f"results.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
-    assert ranks == [4, 4]  # two images each, both methods
+    assert ranks == [4, 2]  # images 1 and 3 on rank 0, image 2 on rank 1; two methods
     assert not (out / "results.jsonl").exists()
     assert _table(out) == _table(reference)
     assert _per_image(out) == _per_image(reference)

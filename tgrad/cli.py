@@ -329,7 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=["all"],
         help="'all' (default) or method names, separated by spaces or commas",
     )
-    ev.add_argument("--n", type=int, default=2000, help="images sampled (default 2000)")
+    ev.add_argument(
+        "--n",
+        "-n",
+        "--num-images",
+        dest="n",
+        type=int,
+        default=2000,
+        help="images sampled (default 2000); under torchrun write -n or --num-images: "
+        "torchrun reads --n as an abbreviation of its own options",
+    )
     ev.add_argument(
         "--batch-size", type=int, default=32, help="perturbed images per forward pass"
     )
