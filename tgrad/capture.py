@@ -94,8 +94,8 @@ class Record:
     """The model's output [B,K] (logits, before softmax)."""
     target: Tensor
     """The explained class of each sample [B] (long)."""
-    input_grad: Tensor
-    """dy/dx [B,C,H,W], with y the target logit of each sample."""
+    input_grad: Tensor | None
+    """dy/dx [B,C,H,W], with y the target logit of each sample (None without a backward)."""
     calls: list[Call] = field(default_factory=list)
 
     @property
@@ -283,6 +283,7 @@ def capture(
     *,
     check_op: OpCheck | None = None,
     rules: Mapping[nn.Module, GradRule] | None = None,
+    backward: bool = True,
 ) -> Record:
     """Run ``model(x)`` forward and ``d logit_target / d(...)`` backward, recording calls.
 
@@ -297,6 +298,8 @@ def capture(
         rules: modules whose output gradient is rewritten during the backward pass (see
             :data:`GradRule`); they are watched (keeping nothing unless ``watch`` says).
             With rules, ``input_grad`` is the rewritten backward's, no longer dy/dx.
+        backward: ``False`` runs the forward alone, without autograd (for methods that
+            need activations only, such as EigenCAM): no gradient, ``input_grad`` is None.
 
     Returns:
         a :class:`Record` with dy/dx and, for every call of a watched module, dy/d(output).
@@ -374,8 +377,8 @@ def capture(
             handles.append(m.register_forward_pre_hook(enter))
             handles.append(m.register_forward_hook(leave))
     try:
-        with torch.enable_grad(), exact_float32(x.device):
-            x_in = x.detach().requires_grad_(True)
+        with torch.set_grad_enabled(backward), exact_float32(x.device):
+            x_in = x.detach().requires_grad_(backward)
             if ops is None:
                 logits = model(x_in)
             else:
@@ -386,8 +389,10 @@ def capture(
             if logits.dim() != 2:
                 raise ValueError(f"the model must return logits [B,K], got {tuple(logits.shape)}")
             t = resolve_target(target, logits.detach())
-            y = logits.gather(1, t[:, None]).sum()
-            (input_grad,) = torch.autograd.grad(y, x_in)
+            input_grad = None
+            if backward:
+                y = logits.gather(1, t[:, None]).sum()
+                (input_grad,) = torch.autograd.grad(y, x_in)
     finally:
         for h in handles:
             h.remove()
