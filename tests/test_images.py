@@ -485,3 +485,16 @@ def test_pixel_limit_applies_to_arrays(monkeypatch):
     monkeypatch.setattr(images, "MAX_PIXELS", 99)
     with pytest.raises(ImageLoadError, match="100 pixels"):
         load_image(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["EPS", "ICO", "PCX", "TGA"])
+def test_only_photo_formats_are_decoded(kind):
+    """A format outside images.FORMATS is refused before any decoder looks at it."""
+    from tgrad.images import FORMATS
+
+    assert kind not in FORMATS
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format=kind)
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == kind  # Pillow would read it
+    with pytest.raises(ImageLoadError, match="not an image that can be read"):
+        load_image(buffer.getvalue())

@@ -33,7 +33,7 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
-__all__ = ["DECODE_BUDGET", "MAX_PIXELS", "MAX_SIDE", "ImageLoadError", "load_image"]
+__all__ = ["DECODE_BUDGET", "FORMATS", "MAX_PIXELS", "MAX_SIDE", "ImageLoadError", "load_image"]
 
 MAX_PIXELS: int = 64_000_000
 MAX_SIDE: int = 2048
@@ -49,6 +49,11 @@ MAX_SIDE: int = 2048
 # and 8-bit grayscale or palette (1 byte) at MAX_PIXELS; a JPEG is decoded at 1/2 .. 1/8
 # scale and fits easily unless progressive (see _decode_cost).
 DECODE_BUDGET: int = 200_000_000
+
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "JPEG2000")
+"""The only decoders a file is offered to. Pillow would otherwise try every plugin it has,
+EPS among them (which runs Ghostscript when it is installed) and many rarely used, little
+fuzzed ones; photos come in these formats, whose decoding costs were measured."""
 
 ImageSource = (
     str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
@@ -149,7 +154,7 @@ def _open_regular_file(path: str | os.PathLike) -> IO[bytes]:
 def _load_encoded(source: IO[bytes], what: str) -> Image.Image:
     """Open lazily, check the header size, decode (reduced for big JPEGs), finish."""
     try:
-        image = Image.open(source)
+        image = Image.open(source, formats=FORMATS)
     except Image.DecompressionBombError as error:  # PIL's own limit is far above ours
         raise ImageLoadError(
             f"The image is too large: it has more than the limit of {MAX_PIXELS:,} pixels. "
