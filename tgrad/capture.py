@@ -283,7 +283,7 @@ def capture(
     *,
     check_op: OpCheck | None = None,
     rules: Mapping[nn.Module, GradRule] | None = None,
-    backward: bool = True,
+    gradients: bool = True,
 ) -> Record:
     """Run ``model(x)`` forward and ``d logit_target / d(...)`` backward, recording calls.
 
@@ -298,7 +298,7 @@ def capture(
         rules: modules whose output gradient is rewritten during the backward pass (see
             :data:`GradRule`); they are watched (keeping nothing unless ``watch`` says).
             With rules, ``input_grad`` is the rewritten backward's, no longer dy/dx.
-        backward: ``False`` runs the forward alone, without autograd (for methods that
+        gradients: ``False`` runs the forward alone, without autograd (for methods that
             need activations only, such as EigenCAM): no gradient, ``input_grad`` is None.
 
     Returns:
@@ -377,8 +377,8 @@ def capture(
             handles.append(m.register_forward_pre_hook(enter))
             handles.append(m.register_forward_hook(leave))
     try:
-        with torch.set_grad_enabled(backward), exact_float32(x.device):
-            x_in = x.detach().requires_grad_(backward)
+        with torch.set_grad_enabled(gradients), exact_float32(x.device):
+            x_in = x.detach().requires_grad_(gradients)
             if ops is None:
                 logits = model(x_in)
             else:
@@ -390,7 +390,7 @@ def capture(
                 raise ValueError(f"the model must return logits [B,K], got {tuple(logits.shape)}")
             t = resolve_target(target, logits.detach())
             input_grad = None
-            if backward:
+            if gradients:
                 y = logits.gather(1, t[:, None]).sum()
                 (input_grad,) = torch.autograd.grad(y, x_in)
     finally:
