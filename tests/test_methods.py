@@ -240,9 +240,10 @@ def test_tgrad_is_the_engine_s_saliency(single_pass_maps):
     torch.testing.assert_close(maps["tgrad"], expected, rtol=1e-5, atol=1e-8)
 
 
-# ScoreCAM runs one forward per channel: small inputs, or a layer with few channels.
+# ScoreCAM runs one forward per channel: small inputs and layers with few channels (the
+# default layers are tested with the other CAM methods).
 SCORECAM_CASES = {
-    "efficientnet_lite0": (64, None),  # the head, 2x2, 1280 channels
+    "efficientnet_lite0": (224, "_blocks.1._bn2"),  # 24 channels, 56x56
     "vgg16": (32, "features.9"),  # 128 channels, 8x8
     "resnet50": (32, "layer1.0.conv1"),  # 64 channels, 8x8
 }

@@ -82,8 +82,11 @@ def shared_pass(
     """One forward + backward recording what every method watches.
 
     A gradient is given to each method watching its module (once per distinct
-    ``on_grad``) and kept in the record if any of them keeps it.
+    ``on_grad``) and kept in the record if any of them keeps it. When no method needs the
+    pass's gradients (attribute ``needs_backward = False``: EigenCAM, ScoreCAM, Integrated
+    Gradients, SmoothGrad), the pass is a forward alone.
     """
+    methods = list(methods)
     watch: dict[nn.Module, Keep | None] = {}
     handlers: dict[nn.Module, dict[int, OnGrad | None]] = {}
     for method in methods:
@@ -100,7 +103,8 @@ def shared_pass(
                 kept = result
         return kept
 
-    return capture(model, x, target, watch, on_grad=dispatch)
+    gradients = any(getattr(m, "needs_backward", True) for m in methods)
+    return capture(model, x, target, watch, on_grad=dispatch, gradients=gradients)
 
 
 def calls_of(record: Record, module: nn.Module) -> list[Call]:

@@ -89,12 +89,17 @@ class CAM:
     """GradCAM: ``w_c = mean over (h,w) of dy/dA_c``. Subclasses change the weights."""
 
     needs_grad = True
+    """Whether the map needs dy/dA (the shared pass then runs a backward)."""
 
     def __init__(self, setup: Setup, options: dict) -> None:
         self.setup = setup
         self.options = options
         self.layer: str = options["layer"] or default_layer(setup.model, setup.x)
         self.module = find_module(setup.model, self.layer)
+
+    @property
+    def needs_backward(self) -> bool:
+        return self.needs_grad
 
     def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
         return {self.module: activation}

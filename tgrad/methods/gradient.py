@@ -97,6 +97,8 @@ class IntegratedGradients:
     (50), ``batch_size``: images per forward (32).
     """
 
+    needs_backward = False  # its own passes; the shared one only gives the target
+
     def __init__(self, setup: Setup, options: dict) -> None:
         self.setup = setup
         self.options = options
@@ -152,6 +154,8 @@ def smoothgrad_noise(
 class SmoothGrad:
     """Mean of ``dy/dx`` over ``samples`` (50) noisy copies ``x + N(0, sigma^2)``,
     ``sigma`` (0.1) in the model's input space, ``seed`` (0); ``batch_size`` (32)."""
+
+    needs_backward = False  # its own passes; the shared one only gives the target
 
     def __init__(self, setup: Setup, options: dict) -> None:
         self.setup = setup
