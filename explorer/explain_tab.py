@@ -22,9 +22,8 @@ from PIL import Image
 
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import TOP1, class_choices
+from explorer.session import MAX_TARGET_TEXT
 from tgrad import viz
-from tgrad.models import imagenet_categories
 
 
 def colorbar_pixels() -> np.ndarray:
@@ -51,7 +50,6 @@ class ExplainTab:
 
 def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
     """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events."""
-    classes = [TOP1, *class_choices(imagenet_categories())]
     with gr.Tab("Explain", id="explain-tab", elem_id="explain-tab"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
@@ -63,10 +61,10 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
                     height=300,
                     elem_id="input-image",
                 )
-                gr.Examples(
+                examples = gr.Examples(
                     examples=example_photos(),
                     inputs=[image],
-                    label="Or pick a bundled photo",
+                    label="Or pick a bundled photo (it is explained at once)",
                     elem_id="examples",
                 )
                 model = gr.Dropdown(
@@ -76,13 +74,14 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
                     info="Only models whose weights are available are listed.",
                     elem_id="model",
                 )
-                target = gr.Dropdown(
-                    classes,
-                    value=TOP1,
+                target = gr.Textbox(
+                    value="",
                     label="Class to explain",
-                    info="Type to search the 1000 classes, or click a prediction.",
-                    allow_custom_value=True,
-                    filterable=True,
+                    placeholder="empty: the top-1 prediction; or a name or index: espresso, 967",
+                    info="Type a class name or its index and press Enter, or click one of "
+                    "the top-5 predictions. A partial name lists the classes it could mean.",
+                    max_lines=1,
+                    max_length=MAX_TARGET_TEXT,
                     elem_id="target",
                 )
                 explain_button = gr.Button("Explain", variant="primary", elem_id="explain-btn")
@@ -159,7 +158,7 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
     explain_inputs = [image, model, target, opacity]
     explain_outputs = [overlay, top5, decomposition, key]
     view_inputs = [key, layer, mode, opacity, image]
-    layer_outputs = [layer, layer_image, caption, chart, summary]
+    layer_outputs = [layer, layer_image, caption, chart, summary, overlay]
     # preprocess=False: the photo reaches the handlers as Gradio's file payload, not
     # opened by gr.Image with PIL first (which turns a text file named .jpg into a
     # bare "Error"); tgrad.images.load_image decodes it and explains any problem.
@@ -172,7 +171,8 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
         "concurrency_limit": 4,
     }
 
-    explain_button.click(
+    check = (handlers.check_target, [model, target], None)
+    explain_button.click(*check, **private).success(
         handlers.explain,
         explain_inputs,
         explain_outputs,
@@ -183,19 +183,25 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
         **raw,
     ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
 
-    gr.on(
-        [model.change, target.change],
+    again: dict[str, Any] = {
+        "api_visibility": "private",
+        "concurrency_id": "explain",
+        "concurrency_limit": 2,
+        "trigger_mode": "always_last",
+        **raw,
+    }
+    gr.on([model.change, target.submit], *check, **private).success(
         handlers.explain_if_photo,
         explain_inputs,
         explain_outputs,
-        api_visibility="private",
-        concurrency_id="explain",
-        concurrency_limit=2,
-        trigger_mode="always_last",
-        **raw,
+        **again,
     ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
-
-    top5.select(handlers.pick_target, None, target, **private)
+    top5.select(handlers.pick_target, None, target, **private).success(
+        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    examples.load_input_event.success(  # a bundled photo is explained on click
+        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
     gr.on(
         [layer.change, mode.change],
         handlers.render_layer,

@@ -38,6 +38,7 @@ from explorer.session import (
     available_models,
     content_digest,
     parse_key,
+    parse_target,
     sanity_key,
 )
 from explorer.uploads import PhotoGate, PhotoRejected, default_gate
@@ -183,6 +184,15 @@ class Handlers:
             explanation.key,
         )
 
+    def check_target(self, model: str | None, target: str | None) -> None:
+        """Refuse a class text that names no class exactly, before anything is explained
+        (an error in the explain event itself would blank the pictures on the page)."""
+        model = choice(model, self.models, "The model", DEFAULT_MODEL)
+        try:
+            parse_target(target, self.session.models.get(model).loaded.categories)
+        except ValueError as error:
+            raise _user_error(str(error), "Invalid choice") from error
+
     def explain_if_photo(
         self,
         image: Photo,
@@ -237,11 +247,12 @@ class Handlers:
         opacity: float,
         image: Photo = None,
     ) -> tuple[Any, ...]:
-        """After an explanation: size the layer slider, draw the layer view and summary."""
+        """After an explanation: size the layer slider, draw the layer view and summary,
+        and title the overlay with the class it explains."""
         position, mode, opacity = self._view(position, mode, opacity)
         explanation = self._cached(key, image)
         if explanation is None:
-            return (gr.skip(),) * 5
+            return (gr.skip(),) * 6
         index = explanation.clamp(position)
         slider = gr.update(maximum=explanation.positions - 1, value=index, interactive=True)
         return (
@@ -250,6 +261,7 @@ class Handlers:
             render.layer_caption(explanation, index, mode),
             render.chart_html(explanation, index, mode),
             render.summary(explanation),
+            gr.update(label=render.overlay_title(explanation)),
         )
 
     def render_layer(
@@ -455,4 +467,4 @@ class Handlers:
         value = selection.value
         if isinstance(value, dict):  # some Gradio versions send {"label": ...}
             value = value.get("label", "")
-        return str(value)[:200]
+        return str(value)[:200].removesuffix(render.EXPLAINED_MARK)

@@ -99,9 +99,21 @@ def summary(explanation: Explanation) -> str:
     )
 
 
+EXPLAINED_MARK = " ← explained"
+
+
 def top5_label(explanation: Explanation) -> dict[str, float]:
-    """For ``gr.Label``: ``{"967: espresso": 0.95, ...}``."""
-    return {f"{index}: {name}": prob for index, name, prob in explanation.top5()}
+    """For ``gr.Label``: ``{"967: espresso ← explained": 0.95, "968: cup": 0.02, ...}``:
+    the five most probable classes, the explained one marked when it is among them."""
+    return {
+        f"{index}: {name}" + (EXPLAINED_MARK if index == explanation.target else ""): prob
+        for index, name, prob in explanation.top5()
+    }
+
+
+def overlay_title(explanation: Explanation) -> str:
+    """The saliency overlay's label: which class it explains, with which model."""
+    return f"T-Grad saliency for {explanation.target_label} ({explanation.model})"
 
 
 def decomposition(explanation: Explanation) -> dict[str, Any]:

@@ -146,16 +146,12 @@ def available_models() -> list[str]:
     return sorted(names, key=lambda n: n != DEFAULT_MODEL)
 
 
-def class_choices(categories: Sequence[str]) -> list[str]:
-    """``"967: espresso"`` for every class, in index order."""
-    return [f"{i}: {name}" for i, name in enumerate(categories)]
-
-
 def parse_target(text: str | int | None, categories: Sequence[str]) -> int | None:
     """The class to explain: None for the top-1, else an index.
 
-    Accepts the picker's ``"967: espresso"``, an index (``967`` or ``"967"``), an exact
-    name or a unique part of one. Raises ValueError (a message for the user) otherwise.
+    Accepts the top-5's ``"967: espresso"``, an index (``967`` or ``"967"``) or an exact
+    name (any case). Anything else raises ValueError with a message for the user that
+    lists the classes whose names contain the text: never the first partial match.
     """
     if text is None:
         return None
@@ -172,7 +168,7 @@ def parse_target(text: str | int | None, categories: Sequence[str]) -> int | Non
     head, colon, _ = value.partition(":")
     if colon and head.strip().isdigit():
         value = head.strip()
-    return find_class(value, categories)
+    return find_class(value, categories, partial=False)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def test_target_by_name(tmp_path, capsys):
     ("args", "message"),
     [
         (["--model", "resnet50"], "No pretrained weights for 'resnet50'"),
-        (["--target", "dog"], "matches"),
+        (["--target", "dog"], "is part of"),  # ambiguous: the candidates are listed
         (["--target", "1000"], "out of range"),
     ],
 )

@@ -298,3 +298,37 @@ def test_sanity_check_fills_the_grid_and_stop_stops(page):
     page.locator("#sanity-stop").click()
     wait_for_log("sanity check stopped by the user")
     assert page.page_errors == [] and page.external == []
+
+
+def test_an_example_explains_on_click_and_a_typed_class_must_be_exact(page):
+    page.locator("#examples button.gallery-item").nth(1).click()  # chelsea.jpg (sorted)
+    page.locator("#overlay img").wait_for(state="visible")
+    page.wait_for_function(
+        "() => document.querySelector('#summary').innerText.includes('Explaining')"
+    )
+    summary = page.locator("#summary").inner_text()
+    overlay = src(page, "#overlay img")
+    assert "← explained" in page.locator("#top5").inner_text()
+
+    target = page.locator("#target textarea, #target input").first
+    target.fill("cat")
+    target.press("Enter")
+    toast = error_toasts(page).first
+    toast.wait_for(state="visible")
+    text = toast.inner_text()
+    assert "is part of 8 class names" in text and "282: tiger cat" in text
+    page.screenshot(path=str(OUTPUT / "e2e_ambiguous_class.png"), full_page=True)
+    page.wait_for_timeout(1000)
+    assert page.locator("#summary").inner_text() == summary  # nothing was explained
+    assert src(page, "#overlay img") == overlay
+    assert "Error" not in page.locator("#overlay").inner_text()  # the picture stays shown
+    page.locator(".toast-close").first.click()
+
+    target.fill("Tabby")  # an exact name, any case
+    target.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#summary').innerText.includes('281: tabby')"
+    )
+    title = page.locator("#overlay").inner_text()
+    assert "T-Grad saliency for 281: tabby" in title
+    assert page.page_errors == [] and page.external == []

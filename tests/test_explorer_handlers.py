@@ -20,7 +20,6 @@ from explorer.session import (
     ModelCache,
     Session,
     available_models,
-    class_choices,
     parse_target,
 )
 from explorer.uploads import UNUSABLE, PhotoGate
@@ -66,8 +65,8 @@ def assert_complete(decomposition: dict) -> None:
 def test_explain_returns_overlay_top5_and_decomposition(coffee):
     overlay, top5, decomposition, key = coffee
     assert overlay.shape == (224, 224, 3) and overlay.dtype == np.uint8
-    assert next(iter(top5)) == "967: espresso"
-    assert top5["967: espresso"] > 0.5
+    assert next(iter(top5)) == "967: espresso ← explained"
+    assert top5["967: espresso ← explained"] > 0.5
     assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.05
     assert decomposition["target"] == {"index": 967, "name": "espresso"}
     assert decomposition["model"] == DEFAULT_MODEL
@@ -136,7 +135,10 @@ def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
 
 
 def test_show_layers_sizes_the_slider(handlers, coffee):
-    slider, image, _, chart, summary = handlers.show_layers(coffee[3], 500, render.ALONE, 0.5)
+    slider, image, _, chart, summary, title = handlers.show_layers(
+        coffee[3], 500, render.ALONE, 0.5
+    )
+    assert title["label"] == "T-Grad saliency for 967: espresso (efficientnet_lite0)"
     assert slider["maximum"] == 49 and slider["value"] == 49 and slider["interactive"]
     assert image.shape == (224, 224, 3)
     assert "967: espresso" in summary and "completeness gap" in summary
@@ -187,6 +189,8 @@ def test_target_change_gives_another_logit(handlers, coffee):
         (967, 967),
         ("Espresso", 967),
         ("tabby", 281),
+        ("ram", 348),  # the exact name, not the first name containing it (10: brambling)
+        ("RAM", 348),
     ],
 )
 def test_parse_target(text, expected):
@@ -200,10 +204,32 @@ def test_unknown_target_is_a_readable_error(handlers):
         handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "1000", 0.5)
 
 
-def test_target_choices():
-    choices = class_choices(CATEGORIES)
-    assert len(choices) == 1000 and choices[967] == "967: espresso"
+def test_exact_classes_pass_the_check(handlers):
+    for text in ("", None, TOP1, "tabby", "ESPRESSO", "967", "968: cup"):
+        assert handlers.check_target(DEFAULT_MODEL, text) is None
+
+
+def test_the_default_model_comes_first():
     assert available_models()[0] == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cat", "'cat' is part of 8 class names (143: oystercatcher, 282: tiger cat, "),
+        (
+            "espresso mak",
+            "no class is named exactly 'espresso mak'; did you mean 550: espresso maker?",
+        ),
+    ],
+)
+def test_a_partial_class_name_lists_the_candidates_and_explains_nothing(handlers, text, message):
+    computed = handlers.session.computed
+    with pytest.raises(gr.Error, match=re.escape(message)):
+        handlers.check_target(DEFAULT_MODEL, text)  # the page checks before explaining
+    with pytest.raises(gr.Error, match=re.escape(message)):
+        handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, text, 0.5)
+    assert handlers.session.computed == computed
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -257,7 +283,7 @@ def test_empty_state(handlers, coffee, state):
     # nothing to show and nothing to recompute from: nothing changes
     assert handlers.render_layer(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 3
     assert handlers.render_opacity(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 2
-    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 5
+    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 6
     # with the photo at hand (cached examples), the top-1 explanation is shown
     photo = str(PHOTOS["coffee"])
     image, caption, _ = handlers.render_layer(state, 3, render.ALONE, 0.5, photo)
@@ -275,7 +301,7 @@ def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
     handlers.explain(str(PHOTOS["rocket"]))  # evicts the cup
     assert session.lookup(key) is None
     # the page still shows the same photo: recomputed, with the cup as the target
-    slider, _, _, _, summary = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
+    slider, _, _, _, summary, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
     assert "968: cup" in summary and slider["maximum"] == 49
     assert session.lookup(key) is not None
     # a new photo was uploaded but not explained yet: nothing is redrawn
@@ -345,6 +371,8 @@ def test_model_cache_is_bounded_and_loads_once():
 def test_pick_target_from_the_top5():
     selection = gr.SelectData(None, {"index": 1, "value": "968: cup", "selected": True})
     assert Handlers.pick_target(selection) == "968: cup"
+    marked = gr.SelectData(None, {"index": 0, "value": "967: espresso ← explained"})
+    assert Handlers.pick_target(marked) == "967: espresso"
 
 
 def test_the_public_endpoints():

@@ -15,11 +15,13 @@ def top_k(logits: Tensor, categories: Sequence[str], k: int = 5) -> list[tuple[i
     return [(int(i), categories[int(i)], float(p)) for p, i in zip(values, indices, strict=True)]
 
 
-def find_class(query: str | int, categories: Sequence[str]) -> int:
-    """A class index from an index, an exact name (any case) or a unique part of a name.
+def find_class(query: str | int, categories: Sequence[str], partial: bool = True) -> int:
+    """A class index from an index, an exact name (any case), or (``partial=True``) a
+    unique part of a name.
 
     Raises:
-        ValueError: out of range, unknown, or ambiguous (the message lists candidates).
+        ValueError: out of range, unknown, ambiguous, or (``partial=False``) not exact;
+            the message lists the candidates (the classes whose names contain the text).
     """
     text = str(query).strip()
     digits = text.removeprefix("-")
@@ -33,14 +35,20 @@ def find_class(query: str | int, categories: Sequence[str]) -> int:
     if text.lower() in lowered:
         return lowered.index(text.lower())
     matches = [i for i, c in enumerate(lowered) if text.lower() in c]
-    if len(matches) == 1:
+    if len(matches) == 1 and partial:
         return matches[0]
     if not matches:
         raise ValueError(
             f"no class named {_shown(text)}; give an index 0..{len(categories) - 1}"
         )
-    shown = ", ".join(f"{i} {categories[i]!r}" for i in matches[:8])
-    raise ValueError(f"{_shown(text)} matches {len(matches)} classes ({shown}); be more precise")
+    shown = ", ".join(f"{i}: {categories[i]}" for i in matches[:8])
+    more = f" and {len(matches) - 8} more" if len(matches) > 8 else ""
+    if len(matches) == 1:
+        raise ValueError(f"no class is named exactly {_shown(text)}; did you mean {shown}?")
+    raise ValueError(
+        f"{_shown(text)} is part of {len(matches)} class names ({shown}{more}); "
+        "type one exactly, or its index"
+    )
 
 
 def _shown(text: str, limit: int = 40) -> str:
