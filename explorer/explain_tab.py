@@ -110,6 +110,7 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
                     alt_text="Colour bar: blue is low saliency, red is high",
                     elem_id="colorbar",
                 )
+                gr.Markdown(render.COLOUR_SCALE, elem_id="colour-scale")
                 opacity = gr.Slider(
                     0, 1, value=0.5, step=0.05, label="Map opacity", elem_id="opacity"
                 )

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -24,6 +25,7 @@ from explorer.session import (
     SanityRun,
 )
 from tgrad import viz
+from tgrad.tgrad import upsample
 
 ALONE = "this layer alone"
 CUMULATIVE = "everything up to here"
@@ -34,29 +36,46 @@ def is_cumulative(mode: str | None) -> bool:
     return mode == CUMULATIVE
 
 
+COLOUR_SCALE = (
+    f"Colours: 0 is no saliency, 1 is the map's {viz.ROBUST_PERCENTILE:g}th percentile; the "
+    f"few pixels above it are drawn at 1, so that they cannot wash out the rest. Every map "
+    f"on the page (each layer, each method) is scaled this way."
+)
+"""What the page says under the colour bar."""
+
+
+def map_overlay(pixels: np.ndarray, saliency: torch.Tensor, alpha: float) -> np.ndarray:
+    """A map over the photo with the page's one colour scale (:data:`COLOUR_SCALE`):
+    upsampled bilinearly to the photo, robustly normalised, coloured, blended."""
+    size = pixels.shape[:2]
+    values = viz.robust_normalize(upsample(saliency[None].float(), size)[0])
+    return viz.blend(pixels, viz.colorize_unit(values), _alpha(alpha))
+
+
 def saliency_overlay(explanation: Explanation, alpha: float) -> np.ndarray:
     """The full T-Grad saliency over what the model saw: uint8 [H,W,3]."""
-    return viz.overlay(explanation.pixels, explanation.result.saliency[0], _alpha(alpha))
+    return map_overlay(explanation.pixels, explanation.result.saliency[0], alpha)
 
 
 def layer_overlay(
     explanation: Explanation, position: int, mode: str | None, alpha: float
 ) -> np.ndarray:
     """The map at a slider position (alone or accumulated) over the image: uint8 [H,W,3]."""
-    layer = explanation.layer_map(position, is_cumulative(mode))
-    return viz.overlay(explanation.pixels, layer, _alpha(alpha))
+    return map_overlay(
+        explanation.pixels, explanation.layer_map(position, is_cumulative(mode)), alpha
+    )
 
 
 def _alpha(alpha: float | None) -> float:
     return min(max(float(0.5 if alpha is None else alpha), 0.0), 1.0)
 
 
-def _percent(value: float, logit: float) -> str:
-    return f"{100 * value / logit:+.1f}%" if logit else "n/a"
+def _share(explanation: Explanation, value: float) -> str:
+    return viz.share_text(value, viz.total_size(explanation.result))
 
 
 def layer_caption(explanation: Explanation, position: int, mode: str | None) -> str:
-    """Markdown: ``position k / n: name (kind, hxw): contribution = x% of the logit``."""
+    """Markdown: ``position k / n: name (kind, hxw): contribution = x% of all terms``."""
     term_index = explanation.term_indices[position]
     term = explanation.result.terms[term_index]
     last = explanation.positions - 1
@@ -66,10 +85,15 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
         f"`{viz.share_label(explanation.result, term_index)}`"
     ]
     value = float(term.contribution[0])
-    if value <= 0:
+    if value <= 0 and is_cumulative(mode):
         lines.append(
-            "This term pushes the logit *down*, so its T-Grad weight is 0: it is drawn "
-            "here but adds nothing to the T-Grad map."
+            "This term pushes the logit *down*, so its T-Grad weight is 0: the running "
+            "total shown is the same as at the previous position."
+        )
+    elif value <= 0:
+        lines.append(
+            "This term pushes the logit *down*, so its T-Grad weight is 0: its map is "
+            "drawn here but adds nothing to the T-Grad map."
         )
     if is_cumulative(mode):
         scores = [float(t.score[0]) for t in explanation.spatial_terms]
@@ -119,11 +143,14 @@ def overlay_title(explanation: Explanation) -> str:
 def decomposition(explanation: Explanation) -> dict[str, Any]:
     """The logit's terms as plain JSON (what the ``/explain`` API returns).
 
-    ``contribution`` is in logit units; ``share`` is ``contribution / logit`` (a
-    fraction, None when the logit is 0); ``grid`` is [h, w] or None for a non-spatial
-    (classifier) term. The contributions plus ``gap`` sum to ``logit``.
+    ``contribution`` is in logit units; ``share`` is ``contribution / total_size``, with
+    ``total_size`` the sum of the absolute contributions of all terms (a signed fraction
+    that stays meaningful when the logit is small or negative; None when every term is
+    0); ``grid`` is [h, w] or None for a non-spatial (classifier) term. The contributions
+    plus ``gap`` sum to ``logit``.
     """
     logit = explanation.logit
+    total = viz.total_size(explanation.result)
     rows = []
     for term in explanation.result.terms:
         value = float(term.contribution[0])
@@ -133,7 +160,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
                 "kind": term.kind,
                 "grid": list(term.grid) if term.grid else None,
                 "contribution": value,
-                "share": value / logit if logit else None,
+                "share": value / total if total else None,
             }
         )
     return {
@@ -142,6 +169,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
         "logit": logit,
         "probability": explanation.probability,
         "gap": explanation.gap,
+        "total_size": total,
         "terms": rows,
     }
 
@@ -152,9 +180,9 @@ CHART_CSS = """
 .tg-chart { margin: 0; padding-top: 1.6em; font-size: var(--text-sm, 14px); }
 .tg-chart figcaption { margin-bottom: 6px; }
 .tg-frame { display: flex; gap: 6px; align-items: stretch; }
-.tg-yaxis { display: flex; flex-direction: column; justify-content: space-between;
-  font-size: 11px; color: var(--body-text-color-subdued, #666); min-width: 3.5em;
-  text-align: right; }
+.tg-yaxis { position: relative; height: 190px; font-size: 11px; min-width: 3.5em;
+  color: var(--body-text-color-subdued, #666); }
+.tg-yaxis span { position: absolute; right: 0; transform: translateY(50%); line-height: 1; }
 .tg-plot { position: relative; flex: 1; height: 190px; display: flex; gap: 1px;
   border-left: 1px solid var(--border-color-primary, #ccc);
   border-bottom: 1px solid var(--border-color-primary, #ccc); }
@@ -213,7 +241,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         elif cumulative and term.spatial and index > current:
             classes.append("tg-dim")
         grid = f"{term.grid[0]}x{term.grid[1]}" if term.grid else "no map"
-        tip = f"{term.name} ({term.kind}, {grid}): {value:+.4g} = {_percent(value, logit)}"
+        tip = f"{term.name} ({term.kind}, {grid}): {value:+.4g} = {_share(explanation, value)}"
         columns.append(
             f'<div class="tg-col" title="{html.escape(tip)}">'
             f'<div class="{" ".join(classes)}" '
@@ -222,7 +250,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         mark = ' aria-current="true"' if index == current else ""
         rows.append(
             f"<tr{mark}><td>{html.escape(term.name)}</td><td>{html.escape(term.kind)}</td>"
-            f"<td>{grid}</td><td>{value:+.4f}</td><td>{_percent(value, logit)}</td></tr>"
+            f"<td>{grid}</td><td>{value:+.4f}</td><td>{_share(explanation, value)}</td></tr>"
         )
 
     term = terms[current]
@@ -231,7 +259,9 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     caption = (
         f"Logit {logit:.3f} = sum of {len(terms)} terms (completeness gap "
         f"{explanation.gap:.1e}). Highlighted: <b>{html.escape(term.name)}</b>, "
-        f"{value:+.3f} ({_percent(value, logit)} of the logit)."
+        f"{value:+.3f} logit units ({_share(explanation, value)}). Shares are of the sum "
+        f"of the absolute sizes of all terms, {viz.total_size(result):.3f}, which stays "
+        "meaningful when the logit is small or negative."
     )
     label = (
         f"Bar chart of the {len(terms)} terms of the logit {logit:.3f}: the input term, "
@@ -242,8 +272,10 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         '<figure class="tg-chart">'
         f"<figcaption>{caption}</figcaption>"
         '<div class="tg-frame">'
-        f'<div class="tg-yaxis" aria-hidden="true"><span>{top:+.2f}</span><span>0</span>'
-        f"<span>{bottom:+.2f}</span></div>"
+        '<div class="tg-yaxis" aria-hidden="true">'  # each label at its value's height
+        f'<span style="bottom:100%">{top:+.2f}</span>'
+        f'<span class="tg-zero-label" style="bottom:{zero:.3f}%">0</span>'
+        f'<span style="bottom:0%">{bottom:+.2f}</span></div>'
         f'<div class="tg-plot" role="img" aria-label="{html.escape(label)}">'
         f'<div class="tg-zero" style="bottom:{zero:.3f}%"></div>'
         + "".join(columns)

@@ -24,6 +24,7 @@ from explorer.session import (
 )
 from explorer.uploads import UNUSABLE, PhotoGate
 from tests.explorer_files import PHOTOS, huge_png, large_photo, text_as_jpg, truncated_jpeg
+from tgrad import viz
 from tgrad.models import DEFAULT_MODEL, imagenet_categories
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
@@ -74,8 +75,10 @@ def test_explain_returns_overlay_top5_and_decomposition(coffee):
     assert terms[0]["term"] == "input" and terms[0]["grid"] == [224, 224]
     assert terms[-1]["grid"] is None  # the classifier bias: no map
     for row in terms:
-        share = row["contribution"] / decomposition["logit"]
+        share = row["contribution"] / decomposition["total_size"]
         assert row["share"] == pytest.approx(share)
+    # shares are of the sum of the terms' absolute sizes: their absolute values sum to 1
+    assert sum(abs(row["share"]) for row in terms) == pytest.approx(1.0)
     assert isinstance(key, str) and key
 
 
@@ -114,7 +117,9 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
     term = explanation.spatial_terms[10]
     assert f"Position 10 / {explanation.positions - 1}" in caption
     assert term.name in caption and f"{term.grid[0]}x{term.grid[1]}" in caption
-    assert "of the logit" in caption
+    value = float(term.contribution[0])
+    total = sum(abs(float(t.contribution[0])) for t in explanation.result.terms)
+    assert f"{100 * value / total:+.1f}% of all terms" in caption
     assert f"<b>{term.name}</b>" in chart
 
 
@@ -398,3 +403,51 @@ def test_the_public_endpoints():
     } <= ids
     formats = {c["props"].get("format") for c in config["components"] if c["type"] == "image"}
     assert formats == {"png"}
+
+
+def test_shares_stay_meaningful_for_a_negative_logit(handlers):
+    # the espresso photo explained as oystercatcher: a negative logit, where shares "of the
+    # logit" flip sign and exceed 1000 %; shares of the terms' total size stay in [-1, 1]
+    _, _, decomposition, key = handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, "143", 0.5)
+    assert decomposition["logit"] < 0
+    assert all(-1 <= row["share"] <= 1 for row in decomposition["terms"])
+    for position in range(0, 50, 7):
+        caption = handlers.render_layer(key, position, render.ALONE, 0.5)[1]
+        assert "of the logit" not in caption
+        percent = float(caption.split(" = ")[1].split("%")[0])
+        assert -100 <= percent <= 100
+
+
+def test_a_term_lowering_the_logit_has_the_right_caption_in_each_mode(handlers, coffee):
+    key = coffee[3]
+    explanation = handlers.session.lookup(key)
+    lowering = next(
+        i for i, t in enumerate(explanation.spatial_terms) if float(t.contribution[0]) < 0
+    )
+    alone = handlers.render_layer(key, lowering, render.ALONE, 0.5)[1]
+    upto = handlers.render_layer(key, lowering, render.CUMULATIVE, 0.5)[1]
+    assert "adds nothing to the T-Grad map" in alone
+    assert "adds nothing" not in upto and "same as at the previous position" in upto
+    # and it is true: the running total does not change at that position
+    previous = explanation.layer_map(lowering - 1, cumulative=True)
+    torch.testing.assert_close(explanation.layer_map(lowering, cumulative=True), previous)
+
+
+def test_the_zero_label_sits_on_the_zero_line(handlers, coffee):
+    chart = handlers.render_layer(coffee[3], 3, render.ALONE, 0.5)[2]
+    line = re.search(r'class="tg-zero" style="bottom:([0-9.]+)%"', chart).group(1)
+    label = re.search(r'class="tg-zero-label" style="bottom:([0-9.]+)%"', chart).group(1)
+    assert label == line and 0 < float(line) < 100  # Lite0's espresso has terms of both signs
+
+
+def test_a_few_extreme_pixels_do_not_wash_out_the_overlay():
+    # 99.8 % of the map is a ramp from 0 to 1, two pixels are 1000 times larger: min-max
+    # scaling would draw the whole ramp in the lowest colour; the page's scale spreads it
+    photo = np.full((50, 50, 3), 128, np.uint8)
+    ramp = torch.linspace(0, 1, 2500).reshape(50, 50)
+    ramp[0, 0] = ramp[0, 1] = 1000.0
+    shown = render.map_overlay(photo, ramp, 1.0)
+    low, middle = shown[10, 10].astype(int), shown[40, 40].astype(int)  # ramp 0.2 and 0.8
+    assert np.abs(low - middle).sum() > 150  # clearly different colours
+    minmax = viz.overlay(photo, ramp, 1.0)
+    assert np.abs(minmax[10, 10].astype(int) - minmax[40, 40].astype(int)).sum() < 10

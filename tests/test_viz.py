@@ -39,8 +39,12 @@ def result():
 def test_share_label_and_chart(result):
     label = viz.share_label(result, 1)
     term = result.terms[1]
-    share = 100 * float(term.contribution[0]) / float(result.logit[0])
-    assert label.startswith("conv1 (Conv2d, 16x16): ") and f"{share:+.1f}%" in label
+    total = sum(abs(float(t.contribution[0])) for t in result.terms)
+    share = 100 * float(term.contribution[0]) / total  # of all terms' sizes, not the logit
+    assert label.startswith("conv1 (Conv2d, 16x16): ")
+    assert label.endswith(f"{share:+.1f}% of all terms")
+    assert viz.total_size(result) == pytest.approx(total)
+    assert viz.share_text(1.0, 0.0) == "all terms are 0"
     fig = viz.decomposition_chart(result, highlight="conv1")
     bars = fig.axes[0].patches
     assert len(bars) == len(result.terms)

@@ -66,14 +66,28 @@ def overlay(
 
 
 def share_label(result: TGradResult, term_index: int, sample: int = 0) -> str:
-    """``"features.28 (Conv2d, 14x14): +1.23 = 12.3% of the logit"``."""
+    """``"features.28 (Conv2d, 14x14): +1.23 = 12.3% of all terms"``.
+
+    The share is the contribution over the sum of the absolute contributions of all
+    terms (:func:`total_size`), not over the logit: it stays meaningful when the logit
+    is small or negative (a term of +5 with a logit of -0.35 is not "-1428 %" of anything).
+    """
     term = result.terms[term_index]
     value = float(term.contribution[sample])
-    logit = float(result.logit[sample])
-    share = f"{100 * value / logit:+.1f}% of the logit" if logit != 0 else "logit is 0"
     grid = f", {term.grid[0]}x{term.grid[1]}" if term.grid else ""
     kind = "" if term.kind == "input" else f" ({term.kind}{grid})"
-    return f"{term.name}{kind}: {value:+.3g} = {share}"
+    return f"{term.name}{kind}: {value:+.3g} = {share_text(value, total_size(result, sample))}"
+
+
+def total_size(result: TGradResult, sample: int = 0) -> float:
+    """The sum of the absolute contributions of all terms (logit units), what shares are of."""
+    return float(sum(abs(float(t.contribution[sample])) for t in result.terms))
+
+
+def share_text(value: float, total: float) -> str:
+    """``"+12.3% of all terms"``: ``value`` as a signed percentage of ``total`` (a sum of
+    absolute contributions)."""
+    return f"{100 * value / total:+.1f}% of all terms" if total > 0 else "all terms are 0"
 
 
 def layer_strip(
@@ -359,9 +373,7 @@ def method_grid(
     return fig
 
 
-def method_times(
-    methods: Sequence[str], ms_per_image: Sequence[float], title: str = ""
-) -> Figure:
+def method_times(methods: Sequence[str], ms_per_image: Sequence[float], title: str = "") -> Figure:
     """The paper's Fig. 3: the time of each method's map, in ms per image (log scale)."""
     fig = Figure(figsize=(max(4.5, 0.6 * len(methods) + 1.5), 3.6))
     ax = fig.subplots()
