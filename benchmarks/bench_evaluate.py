@@ -95,9 +95,18 @@ def main() -> None:
             target = out / method
             before = floor()  # the floor before and after the job: drifts hit both alike
             start = time.perf_counter()
-            report = evaluate(args.images, loaded, [method], args.n, args.batch_size,
-                              str(device), target, steps=args.steps, progress=False,
-                              log=lambda line: None)
+            report = evaluate(
+                args.images,
+                loaded,
+                [method],
+                args.n,
+                args.batch_size,
+                str(device),
+                target,
+                steps=args.steps,
+                progress=False,
+                log=lambda line: None,
+            )
             job = time.perf_counter() - start
             base = (before + floor()) / 2 / len(samples)  # s per image
             unit = report.ms_per_unit[method] / 1000.0  # s per image: map + both metrics

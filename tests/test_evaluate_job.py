@@ -52,8 +52,14 @@ def folder(tmp_path_factory) -> Path:
     files that are not images, or hidden, or two levels down."""
     root = tmp_path_factory.mktemp("images")
     for i, key in enumerate(
-        [f"{TENCH}/a.png", f"{TENCH}/b.png", f"{TOILET_TISSUE}/c.png",
-         f"{TOILET_TISSUE}/d.jpg", "misc/e.png", "f.png"]
+        [
+            f"{TENCH}/a.png",
+            f"{TENCH}/b.png",
+            f"{TOILET_TISSUE}/c.png",
+            f"{TOILET_TISSUE}/d.jpg",
+            "misc/e.png",
+            "f.png",
+        ]
     ):
         _save(root / key, i)
     (root / "notes.txt").write_text("not an image")
@@ -116,10 +122,18 @@ def test_wnids_are_the_imagenet_classes_in_index_order():
 
 def test_sample_is_seeded_sorted_and_takes_targets_from_wnid_folders(folder):
     keys = list_images(folder)
-    assert keys == sorted(keys) == [
-        "f.png", "misc/e.png", f"{TENCH}/a.png", f"{TENCH}/b.png",
-        f"{TOILET_TISSUE}/c.png", f"{TOILET_TISSUE}/d.jpg",
-    ]
+    assert (
+        keys
+        == sorted(keys)
+        == [
+            "f.png",
+            "misc/e.png",
+            f"{TENCH}/a.png",
+            f"{TENCH}/b.png",
+            f"{TOILET_TISSUE}/c.png",
+            f"{TOILET_TISSUE}/d.jpg",
+        ]
+    )
     five = sample_images(folder, 5, seed=1)
     assert five == sample_images(folder, 5, seed=1)
     assert [s.key for s in sample_images(folder, 3, seed=1)] == [s.key for s in five[:3]]
@@ -147,11 +161,17 @@ def test_job_writes_the_table_and_charts_and_resumes_to_the_same_numbers(
     folder, tmp_path, monkeypatch, one_thread
 ):
     model = _tiny_model()
-    whole = evaluate(folder, model, METHODS, n=5, batch_size=8, out=tmp_path / "whole",
-                     steps=8, progress=False)
+    whole = evaluate(
+        folder, model, METHODS, n=5, batch_size=8, out=tmp_path / "whole", steps=8, progress=False
+    )
     names = {p.name for p in whole.files}
-    assert names == {"table.csv", "table.md", "per_image.csv", "time_per_method.png",
-                     "insertion_deletion.png"}
+    assert names == {
+        "table.csv",
+        "table.md",
+        "per_image.csv",
+        "time_per_method.png",
+        "insertion_deletion.png",
+    }
     for png in ("time_per_method.png", "insertion_deletion.png"):
         assert (tmp_path / "whole" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(tmp_path / "whole" / "table.csv", newline="") as f:
@@ -189,8 +209,17 @@ def test_job_writes_the_table_and_charts_and_resumes_to_the_same_numbers(
         f.write('{"image": "f.png", "method": "tgr')  # a write cut short by a kill
     monkeypatch.delenv("TGRAD_EVALUATE_STOP_AFTER")
     lines = []
-    resumed = evaluate(folder, model, METHODS, n=5, batch_size=8, out=out, steps=8,
-                       progress=False, log=lines.append)
+    resumed = evaluate(
+        folder,
+        model,
+        METHODS,
+        n=5,
+        batch_size=8,
+        out=out,
+        steps=8,
+        progress=False,
+        log=lines.append,
+    )
     assert "3 unit(s) done, 7 to do" in lines[0]
     assert len((out / "results.jsonl").read_text().splitlines()) == 10  # torn line cut off
     assert _table(out) == _table(tmp_path / "whole")
@@ -199,8 +228,17 @@ def test_job_writes_the_table_and_charts_and_resumes_to_the_same_numbers(
 
     # Nothing left to do: only the report is rewritten. Other settings are refused.
     lines.clear()
-    evaluate(folder, model, METHODS, n=5, batch_size=3, out=out, steps=8, progress=False,
-             log=lines.append)
+    evaluate(
+        folder,
+        model,
+        METHODS,
+        n=5,
+        batch_size=3,
+        out=out,
+        steps=8,
+        progress=False,
+        log=lines.append,
+    )
     assert "10 unit(s) done, 0 to do" in lines[0]
     assert _table(out) == _table(tmp_path / "whole")
     with pytest.raises(ValueError, match=r"another run.*steps"):
@@ -213,8 +251,16 @@ def test_unreadable_images_are_left_out_and_not_retried(tmp_path, one_thread):
     _save(images / "good.png", 0)
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    report = evaluate(images, _tiny_model(), ["vanilla"], n=5, out=out, steps=4,
-                      progress=False, log=lambda line: None)
+    report = evaluate(
+        images,
+        _tiny_model(),
+        ["vanilla"],
+        n=5,
+        out=out,
+        steps=4,
+        progress=False,
+        log=lambda line: None,
+    )
     assert report.failed == ["broken.png"]
     assert report.rows[0]["n"] == 1
     assert "error" in read_records(out)[("broken.png", "vanilla")]
@@ -247,10 +293,20 @@ def test_cli_run_killed_half_way_and_rerun_ends_with_the_same_table(
     folder, reference, tmp_path, one_thread, capsys
 ):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "tgrad", "evaluate", "--images", str(folder),
-               *CLI_ARGS, "--out", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "tgrad",
+        "evaluate",
+        "--images",
+        str(folder),
+        *CLI_ARGS,
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     results = out / "results.jsonl"
     try:
         deadline = time.monotonic() + 300
@@ -273,11 +329,22 @@ def test_cli_run_killed_half_way_and_rerun_ends_with_the_same_table(
 
 def test_torchrun_two_processes_write_the_table_of_one(folder, reference, tmp_path):
     out = tmp_path / "torchrun"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "tgrad", "evaluate", "--images", str(folder),
-               *CLI_ARGS, "--out", str(out)]
-    run = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=540)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tgrad",
+        "evaluate",
+        "--images",
+        str(folder),
+        *CLI_ARGS,
+        "--out",
+        str(out),
+    ]
+    run = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [len((out / f"results.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
     assert ranks == [4, 2]  # images 1 and 3 on rank 0, image 2 on rank 1; two methods

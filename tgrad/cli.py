@@ -339,9 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="images sampled (default 2000); under torchrun write -n or --num-images: "
         "torchrun reads --n as an abbreviation of its own options",
     )
-    ev.add_argument(
-        "--batch-size", type=int, default=32, help="perturbed images per forward pass"
-    )
+    ev.add_argument("--batch-size", type=int, default=32, help="perturbed images per forward pass")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (torchrun: cuda)")
     ev.add_argument("--out", default="evaluation", help="results folder (reused to resume)")
     ev.add_argument("--steps", type=int, default=224, help="insertion/deletion steps")

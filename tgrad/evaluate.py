@@ -224,8 +224,9 @@ def _check_settings(out: Path, settings: dict, write: bool) -> None:
         except ValueError:
             before = None
         if before is not None and before != settings:
-            changed = sorted(k for k in settings.keys() | before.keys()
-                             if settings.get(k) != before.get(k))
+            changed = sorted(
+                k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k)
+            )
             raise ValueError(
                 f"{out} holds results of another run (different {', '.join(changed)}); "
                 "choose another --out or delete it"
@@ -352,8 +353,14 @@ def _write_report(
         writer.writerow(TABLE_COLUMNS)
         for row in rows:  # repr: the shortest text that reads back as the same float
             writer.writerow([row["method"], row["n"], *(repr(row[c]) for c in TABLE_COLUMNS[2:])])
-    formats = {"insertion": ".4f", "deletion": ".4f", "insertion_minus_deletion": ".4f",
-               "average_drop": ".2f", "increase_in_confidence": ".2f", "ms_per_image": ".1f"}
+    formats = {
+        "insertion": ".4f",
+        "deletion": ".4f",
+        "insertion_minus_deletion": ".4f",
+        "average_drop": ".2f",
+        "increase_in_confidence": ".2f",
+        "ms_per_image": ".1f",
+    }
     lines = [
         f"{title}",
         "",
@@ -382,9 +389,7 @@ def _write_report(
 
     names = [row["method"] for row in rows]
     time_png, auc_png = out / "time_per_method.png", out / "insertion_deletion.png"
-    viz.method_times(names, [row["ms_per_image"] for row in rows], title).savefig(
-        time_png, dpi=120
-    )
+    viz.method_times(names, [row["ms_per_image"] for row in rows], title).savefig(time_png, dpi=120)
     viz.method_scores(
         names,
         {
@@ -513,8 +518,21 @@ def evaluate(
     out = Path(out)
     group = _join_group(device)
     try:
-        return _run(samples, images, model, names, batch_size, device, out, steps, seed,
-                    weights, progress, log, group)
+        return _run(
+            samples,
+            images,
+            model,
+            names,
+            batch_size,
+            device,
+            out,
+            steps,
+            seed,
+            weights,
+            progress,
+            log,
+            group,
+        )
     finally:
         if group.created:
             import torch.distributed as dist
@@ -566,10 +584,7 @@ def _run(
     if group.rank == 0:
         _check_settings(out, settings, write=True)
     done = {tuple(key) for keys in keys_by_rank for key in keys}
-    todo = [
-        (sample, [m for m in names if (sample.key, m) not in done])
-        for sample in samples
-    ]
+    todo = [(sample, [m for m in names if (sample.key, m) not in done]) for sample in samples]
     todo = [(sample, missing) for sample, missing in todo if missing]
     mine = todo[group.rank :: group.world]
     units = sum(len(missing) for _, missing in todo)
@@ -639,8 +654,7 @@ def _run(
     errors = {k: r["error"] for (k, _), r in sorted(merged.items()) if "error" in r}
     failed = sorted(set(keys) & errors.keys())
     title = (
-        f"{loaded.name} ({weights}), {len(samples)} image(s) of {Path(images).name}, "
-        f"{steps} steps"
+        f"{loaded.name} ({weights}), {len(samples)} image(s) of {Path(images).name}, {steps} steps"
     )
     files = _write_report(out, rows, merged, keys, names, title)
     for key in failed:
