@@ -11,8 +11,8 @@ Two kinds:
   the LRU may have evicted it) the explanation is recomputed from the photo input (see
   :meth:`Handlers._cached`), and when there is no photo either, nothing changes. These
   events take only the key, the three view controls and the photo as inputs: each
-  input costs the browser time before it sends the event (the 1001-choice target
-  dropdown alone cost tens of milliseconds per slider step).
+  input costs the browser time before it sends the event (a 1001-choice dropdown as an
+  input once cost tens of milliseconds per slider step).
 
 Errors a user can cause become ``gr.Error`` with a readable message, never a traceback.
 """
