@@ -19,17 +19,23 @@ from tgrad.capture import Keep, OnGrad, Record, capture
 from tgrad.methods.base import Setup, reduce_channels
 
 
-class InputGradient:
-    """Vanilla Gradient: ``dy/dx``, read from the shared pass (watches nothing)."""
+class WatchesNothing:
+    """A method that needs no module of the shared pass: it reads the input gradient, or
+    runs passes of its own."""
 
     def __init__(self, setup: Setup, options: dict) -> None:
         self.setup = setup
+        self.options = options
 
     def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
         return {}
 
     def on_grad(self) -> OnGrad | None:
         return None
+
+
+class InputGradient(WatchesNothing):
+    """Vanilla Gradient: ``dy/dx``, read from the shared pass (watches nothing)."""
 
     def attribution(self, record: Record) -> Tensor:
         """The attribution [B,C,H,W] before the channel reduction."""
@@ -87,7 +93,7 @@ def trapezoid_rule(steps: int) -> tuple[list[float], list[float]]:
     return alphas, weights
 
 
-class IntegratedGradients:
+class IntegratedGradients(WatchesNothing):
     """``(x - x0) * sum_k w_k dy/dx (x0 + alpha_k (x - x0))``, trapezoid rule.
 
     Options: ``baseline`` (a tensor [C,H,W] or [B,C,H,W] in the model's input space),
@@ -98,16 +104,6 @@ class IntegratedGradients:
     """
 
     needs_backward = False  # its own passes; the shared one only gives the target
-
-    def __init__(self, setup: Setup, options: dict) -> None:
-        self.setup = setup
-        self.options = options
-
-    def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
-        return {}
-
-    def on_grad(self) -> OnGrad | None:
-        return None
 
     def baseline(self, x: Tensor) -> Tensor:
         baseline = self.options["baseline"]
@@ -151,21 +147,11 @@ def smoothgrad_noise(
     ]
 
 
-class SmoothGrad:
+class SmoothGrad(WatchesNothing):
     """Mean of ``dy/dx`` over ``samples`` (50) noisy copies ``x + N(0, sigma^2)``,
     ``sigma`` (0.1) in the model's input space, ``seed`` (0); ``batch_size`` (32)."""
 
     needs_backward = False  # its own passes; the shared one only gives the target
-
-    def __init__(self, setup: Setup, options: dict) -> None:
-        self.setup = setup
-        self.options = options
-
-    def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
-        return {}
-
-    def on_grad(self) -> OnGrad | None:
-        return None
 
     def attribute(self, record: Record) -> Tensor:
         x = record.input

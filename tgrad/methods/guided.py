@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tgrad.capture import Call, Keep, OnGrad, Record, capture
-from tgrad.methods.base import Setup, no_grad_kept, reduce_channels
+from tgrad.capture import Call, Record, capture
+from tgrad.methods.base import no_grad_kept, reduce_channels
+from tgrad.methods.gradient import WatchesNothing
 
 RECTIFIERS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU)
 """The activation modules that get the guided rule (``nn.ReLU6`` is a ``Hardtanh``)."""
@@ -34,17 +35,8 @@ def positive_part(call: Call, grad: Tensor) -> Tensor:
     return grad.clamp(min=0)
 
 
-class GuidedBackprop:
+class GuidedBackprop(WatchesNothing):
     """Guided Backpropagation: ``dy/dx`` with the guided rule at every rectifier module."""
-
-    def __init__(self, setup: Setup, options: dict) -> None:
-        self.setup = setup
-
-    def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
-        return {}
-
-    def on_grad(self) -> OnGrad | None:
-        return None
 
     def attribution(self, record: Record) -> Tensor:
         """The guided gradient [B,C,H,W] of each sample's target logit (its own pass)."""
