@@ -163,7 +163,7 @@ def test_explain_then_slide_through_the_layers(page):
     position = int(slider.input_value())
     assert 15 <= position <= 35
     page.wait_for_function(
-        "p => document.querySelector('#layer-caption').innerText.includes(`Position ${p} /`)",
+        "p => document.querySelector('#layer-caption')?.innerText.includes(`Position ${p} /`)",
         arg=position,
     )
     page.screenshot(path=str(OUTPUT / "e2e_layer_dragged.png"), full_page=True)
@@ -173,14 +173,14 @@ def test_explain_then_slide_through_the_layers(page):
     stepped = wait_for_new_src(page, "#layer-image img", dragged)
     assert int(slider.input_value()) == position + 1
     page.wait_for_function(
-        "p => document.querySelector('#layer-caption').innerText.includes(`Position ${p} /`)",
+        "p => document.querySelector('#layer-caption')?.innerText.includes(`Position ${p} /`)",
         arg=position + 1,
     )
 
     page.get_by_label("everything up to here").check()
     wait_for_new_src(page, "#layer-image img", stepped)
     page.wait_for_function(
-        "() => document.querySelector('#layer-caption').innerText.includes('built from')"
+        "() => document.querySelector('#layer-caption')?.innerText.includes('built from')"
     )
     chart = page.locator("#decomposition-chart")
     assert chart.locator(".tg-col").count() == 51
@@ -200,11 +200,11 @@ def test_pick_a_class_from_the_top5(page):
     page.locator("#explain-btn").click()
     page.locator("#overlay img").wait_for(state="visible")
     page.wait_for_function(
-        "() => document.querySelector('#summary').innerText.includes('967: espresso')"
+        "() => document.querySelector('#summary')?.innerText.includes('967: espresso')"
     )
     page.locator("#top5").get_by_text("968: cup").click()
     page.wait_for_function(
-        "() => document.querySelector('#summary').innerText.includes('968: cup')"
+        "() => document.querySelector('#summary')?.innerText.includes('968: cup')"
     )
     assert error_toasts(page).count() == 0
 
@@ -254,7 +254,7 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
     page.locator("#compare-btn").click()
     page.locator("#compare-grid img").wait_for(state="visible")
     page.wait_for_function(  # every method done (the JSON beside the grid says so)
-        "() => { const t = document.querySelector('#compare-timings').innerText;"
+        "() => { const t = document.querySelector('#compare-timings')?.innerText || '';"
         " return t.includes('input_x_gradient') && !t.includes('pending') }"
     )
     assert "99th percentile" in page.locator("#compare-normalisation").inner_text()
@@ -283,7 +283,7 @@ def test_sanity_check_fills_the_grid_and_stop_stops(page):
     page.locator("#sanity-grid img").wait_for(state="visible")
     page.get_by_text("Every similarity (as the /sanity API returns them)").click()
     page.wait_for_function(  # the last group, the stem, is in the numbers: the run is done
-        "() => document.querySelector('#sanity-numbers').innerText.includes('_conv_stem')",
+        "() => document.querySelector('#sanity-numbers')?.innerText.includes('_conv_stem')",
         timeout=120_000,
     )
     page.locator("#sanity-curves img").wait_for(state="visible")
@@ -304,7 +304,7 @@ def test_an_example_explains_on_click_and_a_typed_class_must_be_exact(page):
     page.locator("#examples button.gallery-item").nth(1).click()  # chelsea.jpg (sorted)
     page.locator("#overlay img").wait_for(state="visible")
     page.wait_for_function(
-        "() => document.querySelector('#summary').innerText.includes('Explaining')"
+        "() => document.querySelector('#summary')?.innerText.includes('Explaining')"
     )
     summary = page.locator("#summary").inner_text()
     overlay = src(page, "#overlay img")
@@ -327,7 +327,7 @@ def test_an_example_explains_on_click_and_a_typed_class_must_be_exact(page):
     target.fill("Tabby")  # an exact name, any case
     target.press("Enter")
     page.wait_for_function(
-        "() => document.querySelector('#summary').innerText.includes('281: tabby')"
+        "() => document.querySelector('#summary')?.innerText.includes('281: tabby')"
     )
     title = page.locator("#overlay").inner_text()
     assert "T-Grad saliency for 281: tabby" in title
