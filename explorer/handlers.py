@@ -453,7 +453,7 @@ class Handlers:
         if isinstance(methods, str):
             methods = [methods]
         if not isinstance(methods, (list, tuple)) or not methods:
-            raise _user_error("Pick at least one method to compare.", "No method")
+            raise _user_error("Pick at least one method.", "No method")
         if len(methods) > len(METHODS) or not all(isinstance(m, str) for m in methods):
             raise _user_error("Pick methods from the list.", "Invalid choice")
         unknown = [m for m in methods if m not in METHODS]
