@@ -222,3 +222,38 @@ def test_model_untouched_and_no_hook_left_also_on_errors():
     with pytest.raises(RuntimeError, match="boom"):
         explain(broken, x, methods=("fullgrad", "gradcam"), options={"gradcam": {"layer": "1"}})
     assert hooks_left(broken) == 0
+
+
+def test_fullgrad_reduces_each_term_on_arrival_and_leaves_tgrad_terms_bit_identical():
+    """FullGrad's per-term reducer (the collector's ``on_term``) sees every term once, keeps
+    no element-wise C, and does not change the terms T-Grad reads."""
+    from tgrad.capture import capture
+    from tgrad.decompose import TermCollector
+    from tgrad.methods.bias import FullGradMaps, fullgrad_postprocess
+
+    torch.manual_seed(0)
+    model = perturb(torchvision.models.mobilenet_v2(weights=None))
+    x = batch(8, 2).repeat(1, 1, 4, 4)  # 64 x 64
+    results = []
+    for on_term in (None, FullGradMaps()):
+        collector = TermCollector(on_term=on_term)
+        record = capture(model, x, None, collector.watch(model), on_grad=collector)
+        results.append((collector.finish(record), on_term))
+    (plain, _), (reduced, maps) = results
+    assert [t.name for t in plain] == [t.name for t in reduced]
+    for a, b in zip(plain, reduced, strict=True):
+        assert torch.equal(a.contribution, b.contribution), a.name
+        assert (a.map is None) == (b.map is None) and (a.map is None or torch.equal(a.map, b.map))
+        assert b.elementwise is None
+    kept = TermCollector(keep_elementwise=True)
+    record = capture(model, x, None, kept.watch(model), on_grad=kept)
+    expected: dict = {}
+    for term in kept.finish(record):
+        if term.spatial:
+            part = fullgrad_postprocess(term.elementwise)
+            expected[term.grid] = expected.get(term.grid, 0) + part
+    assert set(maps.by_grid) == set(expected)
+    for grid, m in expected.items():
+        torch.testing.assert_close(maps.by_grid[grid], m, rtol=1e-5, atol=1e-5)
+    together = explain(model, x, methods=("tgrad", "fullgrad"))["tgrad"]
+    assert torch.equal(together, explain(model, x, methods="tgrad")["tgrad"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -343,6 +344,11 @@ class Decomposition:
         return (self.logit.double() - total).to(self.logit.dtype)
 
 
+OnTerm = Callable[[str, Tensor, bool], None]
+"""``on_term(name, C, spatial)``: sees each term's element-wise contribution C once,
+before the collector reduces it (see :class:`TermCollector`)."""
+
+
 def _channel_view(module: nn.Module, b: Tensor, like: Tensor) -> Tensor:
     """Shape a per-channel bias to broadcast over a module's output."""
     if isinstance(module, nn.Linear):
@@ -360,6 +366,11 @@ class TermCollector:
     other module are ignored, so the collector can share one capture pass with other
     methods that watch more modules (dispatching ``on_grad`` by ``call.module``).
 
+    ``on_term`` (optional) is called once per term with ``(name, C, spatial)`` as soon as
+    the term is complete, before C is reduced and freed (``spatial``: C is a ``[B,C,h,w]``
+    layer output, so the term has a map). It must not change C. Methods that need more
+    of C than the term's total and map (FullGrad) reduce it there instead of keeping it.
+
     A saturating activation whose input is the output of a biased module joins that
     module's term (one term per layer, SPEC section 2): its gradient arrives first (it is
     later in the forward) and waits for the host's. Otherwise it is a term of its own.
@@ -368,8 +379,9 @@ class TermCollector:
     the masks are then read from the output.
     """
 
-    def __init__(self, keep_elementwise: bool = False) -> None:
+    def __init__(self, keep_elementwise: bool = False, on_term: OnTerm | None = None) -> None:
         self.keep = keep_elementwise
+        self.on_term = on_term
         self.terms: dict[int, Term] = {}  # call index -> term
         self.waiting: dict[int, list[tuple[Call, Tensor]]] = {}  # host index -> activations
 
@@ -400,8 +412,15 @@ class TermCollector:
 
     def _add(self, call: Call, contribution: Tensor, kind: str | None = None) -> None:
         kind = kind or type(call.module).__name__
-        term = make_term(call.name, kind, contribution, self.keep, spatial=_spatial(call))
+        spatial = _spatial(call)
+        self._reduce(call.name, contribution, spatial)
+        term = make_term(call.name, kind, contribution, self.keep, spatial=spatial)
         self.terms[call.index] = term
+
+    def _reduce(self, name: str, contribution: Tensor, spatial: bool) -> None:
+        """Give a complete term's C to ``on_term`` before :func:`make_term` reduces it."""
+        if self.on_term is not None:
+            self.on_term(name, contribution, spatial and contribution.dim() == 4)
 
     def finish(self, record: Record) -> tuple[Term, ...]:
         """The input term, then all terms in forward order."""
@@ -413,7 +432,9 @@ class TermCollector:
                     add_saturation(contribution, activation.module, _masks(activation), grad),
                 )
         self.waiting.clear()
-        inputs = make_term("input", "input", record.input * record.input_grad, self.keep)
+        contribution = record.input * record.input_grad
+        self._reduce("input", contribution, True)
+        inputs = make_term("input", "input", contribution, self.keep)
         return (inputs, *(self.terms[i] for i in sorted(self.terms)))
 
 

@@ -1,6 +1,7 @@
 """The bias family: T-Grad (SPEC 2) and FullGrad (SPEC 3), both functions of the terms of
 the decomposition (SPEC 1). One :class:`~tgrad.decompose.TermCollector` serves both in a
-shared pass; it keeps the element-wise contributions only when FullGrad is asked for.
+shared pass; when FullGrad is asked for, it also reduces each term to FullGrad's map as the
+term's gradient arrives (no element-wise contribution is kept).
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from tgrad.tgrad import aggregate, upsample
 
 
 class SharedTerms:
-    """One term collector for the bias-family methods of a call; terms made once."""
+    """One term collector for the bias-family methods of a call; terms made once.
 
-    def __init__(self, keep_elementwise: bool) -> None:
-        self.collector = TermCollector(keep_elementwise)
+    With ``fullgrad``, each spatial term is also reduced to FullGrad's post-processed map
+    as it arrives (:class:`FullGradMaps`), so no element-wise contribution is kept.
+    """
+
+    def __init__(self, fullgrad: bool) -> None:
+        self.fullgrad = FullGradMaps() if fullgrad else None
+        self.collector = TermCollector(on_term=self.fullgrad)
         self._terms: tuple[Term, ...] | None = None
 
     @classmethod
     def of(cls, setup: Setup) -> SharedTerms:
         if "terms" not in setup.shared:
-            setup.shared["terms"] = cls(keep_elementwise="fullgrad" in setup.names)
+            setup.shared["terms"] = cls(fullgrad="fullgrad" in setup.names)
         return setup.shared["terms"]
 
     def terms(self, record: Record) -> tuple[Term, ...]:
@@ -70,17 +76,51 @@ class TGradMethod(BiasMethod):
         return aggregate(terms, input_size(record))
 
 
-def fullgrad_postprocess(contribution: Tensor, eps: float = 1e-6) -> Tensor:
+def fullgrad_postprocess(
+    contribution: Tensor, eps: float = 1e-6, out: Tensor | None = None
+) -> Tensor:
     """FullGrad's ``postprocess``: abs, min-max per sample over (C,h,w), sum over C.
 
     ``(|c| - min) / (max - min + eps)`` summed over channels, as the FullGrad authors'
-    code does it; [B,C,h,w] -> [B,h,w].
+    code does it; [B,C,h,w] -> [B,h,w]. ``out``: a scratch tensor shaped like the
+    contribution for ``|c|`` (reused across terms, it spares an allocation per term).
     """
-    magnitude = contribution.abs()
-    lo, hi = torch.aminmax(magnitude.flatten(1), dim=1)
+    magnitude = torch.abs(contribution, out=out) if out is not None else contribution.abs()
+    flat = magnitude.flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)  # on CPU, much faster than aminmax(dim=1)
     channels = magnitude.shape[1]
     scale = (hi - lo + eps)[:, None, None]
-    return (magnitude.sum(1) - channels * lo[:, None, None]) / scale
+    return magnitude.sum(1).sub_(channels * lo[:, None, None]).div_(scale)
+
+
+class FullGradMaps:
+    """The collector's ``on_term`` for FullGrad: each spatial term's C is post-processed
+    on arrival (its own min-max) and added to the sum of its grid's maps [B,h,w]; C is
+    then free. Upsampling is linear, so summing per grid before it changes nothing."""
+
+    def __init__(self) -> None:
+        self.by_grid: dict[tuple[int, int], Tensor] = {}
+        self._scratch: Tensor | None = None  # |C| of one term at a time
+
+    def __call__(self, name: str, contribution: Tensor, spatial: bool) -> None:
+        if not spatial:
+            return
+        scratch = self._scratch
+        if (
+            scratch is None
+            or scratch.numel() < contribution.numel()
+            or scratch.dtype != contribution.dtype
+            or scratch.device != contribution.device
+        ):
+            scratch = torch.empty(
+                contribution.numel(), dtype=contribution.dtype, device=contribution.device
+            )
+            self._scratch = scratch
+        out = scratch[: contribution.numel()].view(contribution.shape)
+        part = fullgrad_postprocess(contribution, out=out)
+        grid = (part.shape[-2], part.shape[-1])
+        total = self.by_grid.get(grid)
+        self.by_grid[grid] = part if total is None else total.add_(part)
 
 
 class FullGrad(BiasMethod):
@@ -91,10 +131,7 @@ class FullGrad(BiasMethod):
 
     def attribute(self, record: Record) -> Tensor:
         size = input_size(record)
-        by_grid: dict[tuple[int, int], Tensor] = {}
-        for term in self.shared.terms(record):
-            if term.spatial:
-                part = fullgrad_postprocess(term.elementwise)
-                by_grid[term.grid] = part + by_grid[term.grid] if term.grid in by_grid else part
+        self.shared.terms(record)  # the input term is reduced when the terms are finished
+        by_grid = self.shared.fullgrad.by_grid
         # upsampling is linear: one per grid size
         return torch.stack([upsample(m, size) for m in by_grid.values()]).sum(0)
