@@ -87,7 +87,7 @@ def no_download(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(models, "_fetch", refuse)
 
 
 def top5(loaded, path):
@@ -372,15 +372,17 @@ def test_offline_environment_forbids_downloads(hub, no_download, monkeypatch, va
 
 
 def test_failed_download_becomes_weights_unavailable(hub, monkeypatch):
-    def fail(url, **kwargs):
+    def fail(url, destination, progress):
+        destination.write_bytes(b"half a file")
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
+    monkeypatch.setattr(models, "_fetch", fail)
     with pytest.raises(WeightsUnavailableError) as caught:
         load_model("resnet18", download=True)
     assert "download failed" in str(caught.value)
     assert str(hub / RESNET18_FILE) in str(caught.value)
     assert isinstance(caught.value.__cause__, urllib.error.URLError)
+    assert list(hub.iterdir()) == []  # not even the partial file
 
 
 def random_state_dict(name, seed):
@@ -400,18 +402,24 @@ def assert_same_state(module, state_dict):
 
 
 def test_download_goes_to_the_cache_path_with_hash_check(hub, monkeypatch):
-    expected = random_state_dict("resnet18", seed=5)
+    """The file comes from torchvision's URL into a temporary file beside its place in
+    the cache; random weights are not the file whose SHA-256 starts with f37072fd, so
+    they are refused and nothing is kept (tests/test_zoo.py covers a download that
+    matches)."""
     seen = {}
 
-    def fake_download(url, **kwargs):
-        seen.update(kwargs, url=url)
-        return {k: v.clone() for k, v in expected.items()}
+    def fake_fetch(url, destination, progress):
+        seen.update(url=url, destination=destination)
+        torch.save(random_state_dict("resnet18", seed=5), destination)
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    loaded = load_model("resnet18", download=True)
-    assert_same_state(loaded.module, expected)
-    assert seen["url"] == RESNET18_URL and seen["check_hash"] is True
-    assert Path(seen["model_dir"]) / seen["file_name"] == hub / RESNET18_FILE
+    monkeypatch.setattr(models, "_fetch", fake_fetch)
+    with pytest.raises(WeightsUnavailableError, match="not f37072fd") as caught:
+        load_model("resnet18", download=True, progress=lambda done, total: None)
+    assert seen["url"] == RESNET18_URL
+    assert seen["destination"].parent == hub
+    assert seen["destination"].name.startswith(f".{RESNET18_FILE}.")
+    assert str(hub / RESNET18_FILE) in str(caught.value)
+    assert list(hub.iterdir()) == []
 
 
 def test_cached_weights_load_exactly(hub, no_download):
