@@ -22,10 +22,40 @@ def test_overlay_upsamples_small_maps_and_normalize_handles_constants():
     assert viz.overlay(image, torch.rand(2, 3)).shape == (8, 6, 3)
     assert torch.equal(viz.normalize(torch.ones(3, 3)), torch.zeros(3, 3))
     assert viz.normalize(torch.tensor([[2.0, 4.0]])).tolist() == [[0.0, 1.0]]
-    # jet: low is dark blue, high is dark red
-    colours = viz.colorize(torch.tensor([[0.0, 1.0]]))
+    # the paper's jet: low is dark blue, high is dark red
+    colours = viz.colorize(torch.tensor([[0.0, 1.0]]), viz.PAPER_CMAP)
     assert colours[0, 0, 2] > 100 and colours[0, 0, 0] == 0
     assert colours[0, 1, 0] > 100 and colours[0, 1, 2] == 0
+
+
+def _lightness(cmap: str) -> np.ndarray:
+    """Relative luminance (Rec. 709 on linearised sRGB) along a colour map, 256 steps
+    (of the colour map's own float colours: rounding to uint8 wobbles by 1/255)."""
+    import matplotlib
+
+    rgb = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def test_default_colour_map_gets_lighter_all_the_way_and_jet_does_not():
+    """Why the default is not jet: a map that grows should look like it grows. Along
+    viridis, luminance rises at every step (so brighter always means more saliency, also
+    in grey); along jet it rises to cyan-yellow and falls again to dark red."""
+    assert viz.DEFAULT_CMAP != viz.PAPER_CMAP and set(viz.CMAPS) == {"viridis", "jet"}
+    default = np.diff(_lightness(viz.DEFAULT_CMAP))
+    assert (default > 0).all()
+    jet = _lightness(viz.PAPER_CMAP)
+    assert jet.argmax() not in (0, 255) and jet[-1] < 0.5 * jet.max()
+
+
+def test_colour_bar_names_its_colour_map():
+    for cmap in viz.CMAPS:
+        bar = viz.colorbar(cmap)
+        assert f"colour map: {cmap}" in bar.axes[0].get_xlabel()
+        pixels = viz.colorbar_pixels(cmap)
+        assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
+    assert not np.array_equal(viz.colorbar_pixels("viridis"), viz.colorbar_pixels("jet"))
 
 
 @pytest.fixture(scope="module")

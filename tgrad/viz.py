@@ -8,6 +8,8 @@ leak from in a long-running server, no backend to choose.
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -19,7 +21,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tgrad.tgrad import TGradResult, upsample
 
-DEFAULT_CMAP = "jet"
+DEFAULT_CMAP = "viridis"
+"""Perceptually uniform (equal steps in value look like equal steps in colour, and it
+reads in grey and for the common colour-vision deficiencies), unlike the paper's jet,
+whose bright yellow-cyan bands invent edges that are not in the map."""
+PAPER_CMAP = "jet"
+"""The colour map of the paper's figures."""
+CMAPS: dict[str, str] = {
+    DEFAULT_CMAP: "viridis (perceptually uniform)",
+    PAPER_CMAP: "jet (as in the paper)",
+}
+"""The colour maps offered to users, with how they are described."""
 
 
 def normalize(saliency: torch.Tensor) -> torch.Tensor:
@@ -155,12 +167,22 @@ def decomposition_chart(
     return fig
 
 
-def colorbar(cmap: str = DEFAULT_CMAP, label: str = "relative saliency") -> Figure:
-    """A horizontal colour bar from 0 (low) to 1 (high) for the overlays."""
+def colorbar(cmap: str = DEFAULT_CMAP, label: str | None = None) -> Figure:
+    """A horizontal colour bar from 0 (low) to 1 (high) for the overlays, labelled with
+    the colour map's name unless ``label`` says otherwise."""
     fig = Figure(figsize=(4, 0.9))
     ax = fig.add_axes((0.05, 0.55, 0.9, 0.35))  # room below for ticks and the label
-    fig.colorbar(ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=label)
+    text = f"relative saliency (colour map: {cmap})" if label is None else label
+    fig.colorbar(ScalarMappable(cmap=cmap), cax=ax, orientation="horizontal", label=text)
     return fig
+
+
+@functools.lru_cache(maxsize=len(CMAPS))
+def colorbar_pixels(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """:func:`colorbar` rendered to uint8 [H,W,3] (cached: the same few pictures)."""
+    buffer = io.BytesIO()
+    colorbar(cmap).savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 ROBUST_PERCENTILE = 99.0
