@@ -12,25 +12,15 @@ Events, and what they cost:
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
-from PIL import Image
 
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import MAX_TARGET_TEXT
 from tgrad import viz
-
-
-def colorbar_pixels() -> np.ndarray:
-    """The overlays' colour bar (tgrad.viz.colorbar), rendered once to uint8 [H,W,3]."""
-    buffer = io.BytesIO()
-    viz.colorbar().savefig(buffer, format="png", bbox_inches="tight", dpi=100)
-    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def example_photos() -> list[list[str]]:
@@ -48,8 +38,15 @@ class ExplainTab:
     key: gr.State
 
 
-def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
-    """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events."""
+BIG = 520
+"""Height in pixels of the two large pictures (the overlay and the layer view)."""
+
+
+def build(
+    handlers: Handlers, models: list[str], key: gr.State, demo: gr.Blocks | None = None
+) -> ExplainTab:
+    """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events; with
+    ``demo``, a link's view (:mod:`explorer.share`) is applied when the page loads."""
     with gr.Tab("Explain", id="explain-tab", elem_id="explain-tab"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
@@ -92,28 +89,36 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
                 )
             with gr.Column(scale=1, min_width=300):
                 overlay = gr.Image(
-                    label="T-Grad saliency (over the 224 px crop the model saw)",
+                    label="T-Grad saliency (over the crop of the photo the model saw)",
                     format="png",
                     type="numpy",
                     interactive=False,
-                    height=360,
+                    height=BIG,
+                    buttons=["fullscreen", "download"],
                     alt_text="T-Grad saliency map over the photo",
                     elem_id="overlay",
                 )
-                gr.Image(
-                    colorbar_pixels(),
+                colorbar = gr.Image(
+                    viz.colorbar_pixels(),
                     format="png",
                     container=False,
                     interactive=False,
                     buttons=[],
                     height=90,
-                    alt_text="Colour bar: blue is low saliency, red is high",
+                    alt_text="Colour bar from low to high saliency",
                     elem_id="colorbar",
                 )
-                gr.Markdown(render.COLOUR_SCALE, elem_id="colour-scale")
-                opacity = gr.Slider(
-                    0, 1, value=0.5, step=0.05, label="Map opacity", elem_id="opacity"
-                )
+                scale = gr.Markdown(render.COLOUR_SCALE, elem_id="colour-scale")
+                with gr.Row():
+                    cmap = gr.Radio(
+                        [(label, name) for name, label in viz.CMAPS.items()],
+                        value=viz.DEFAULT_CMAP,
+                        label="Colour map",
+                        elem_id="cmap",
+                    )
+                    opacity = gr.Slider(
+                        0, 1, value=0.5, step=0.05, label="Map opacity", elem_id="opacity"
+                    )
                 summary = gr.Markdown(elem_id="summary")
 
         gr.Markdown("## Layer by layer", elem_id="layers-title")
@@ -140,26 +145,57 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
                     format="png",
                     type="numpy",
                     interactive=False,
-                    height=320,
+                    height=BIG,
+                    buttons=["fullscreen", "download"],
                     alt_text="The selected layer's map over the photo",
                     elem_id="layer-image",
                 )
             with gr.Column(scale=1, min_width=300):
                 chart = gr.HTML(
                     "<p>The decomposition of the logit appears here after Explain.</p>",
-                    label="Decomposition of the logit",
+                    label="Decomposition of the logit (click a bar to see its map)",
                     show_label=True,
                     container=True,
                     css_template=render.CHART_CSS,
+                    js_on_load=render.CHART_JS,
                     elem_id="decomposition-chart",
                 )
-                with gr.Accordion("All numbers (as the API returns them)", open=False):
-                    decomposition = gr.JSON(label="Decomposition", elem_id="decomposition")
+                with gr.Row():
+                    link = gr.Textbox(
+                        label="Link to this view (for a slide; the address bar has it too)",
+                        interactive=False,
+                        buttons=["copy"],
+                        max_lines=1,
+                        elem_id="view-link",
+                    )
+                with gr.Row():
+                    figures_button = gr.Button("Download figures (zip)", elem_id="figures-btn")
+                    figures = gr.File(label="Figures", interactive=False, elem_id="figures")
+        gallery = gr.Gallery(
+            label="Every layer at once (the paper's Fig. 2): click a map to show it above",
+            columns=8,
+            height="auto",
+            allow_preview=False,
+            object_fit="contain",
+            format="png",
+            buttons=["fullscreen"],
+            elem_id="layer-grid",
+        )
+        with gr.Accordion("API: these numbers as JSON", open=False, elem_id="api-numbers"):
+            gr.Markdown(
+                "What the `/explain` endpoint returns besides the pictures: every term of "
+                "the logit in logit units and as a share of the sum of their sizes. Call "
+                "it from Python with `gradio_client` (see **Use via API** at the bottom "
+                "of the page)."
+            )
+            decomposition = gr.JSON(label="Decomposition", elem_id="decomposition")
+        query = gr.Textbox(visible=False, elem_id="view-query")
+        requested = gr.State(0)
 
     explain_inputs = [image, model, target, opacity]
     explain_outputs = [overlay, top5, decomposition, key]
-    view_inputs = [key, layer, mode, opacity, image]
-    layer_outputs = [layer, layer_image, caption, chart, summary, overlay]
+    view_inputs = [key, layer, mode, opacity, image, cmap]
+    layer_outputs = [layer, layer_image, caption, chart, summary, overlay, gallery]
     # preprocess=False: the photo reaches the handlers as Gradio's file payload, not
     # opened by gr.Image with PIL first (which turns a text file named .jpg into a
     # bare "Error"); tgrad.images.load_image decodes it and explains any problem.
@@ -211,4 +247,35 @@ def build(handlers: Handlers, models: list[str], key: gr.State) -> ExplainTab:
         **render_options,
     )
     opacity.change(handlers.render_opacity, view_inputs, [overlay, layer_image], **render_options)
+    cmap.change(
+        handlers.render_colours,
+        view_inputs,
+        [colorbar, scale, overlay, layer_image, gallery],
+        **render_options,
+    )
+    # clicking a map of the grid or a bar of the chart moves the slider (which redraws)
+    gallery.select(handlers.jump, [key], layer, **private)
+    chart.select(handlers.jump, [key], layer, **private)
+    # a new photo starts at the input term (in the browser: no round trip)
+    image.change(None, None, layer, js="() => 0", api_visibility="private", queue=False)
+
+    # the address bar follows the view; a link reopens it
+    gr.on(
+        [key.change, layer.change, mode.change, cmap.change],
+        handlers.view_link,
+        [key, layer, mode, cmap],
+        query,
+        **{**private, "trigger_mode": "always_last"},
+    )
+    query.change(None, [query], link, js=render.ADDRESS_BAR_JS, queue=False)
+    if demo is not None:
+        demo.load(
+            handlers.open_link, None, [image, model, target, requested, mode, cmap], **private
+        ).success(handlers.explain_if_photo, explain_inputs, explain_outputs, **again).success(
+            handlers.show_layers,
+            [key, requested, mode, opacity, image, cmap],
+            layer_outputs,
+            **private,
+        )
+    figures_button.click(handlers.figures, view_inputs, figures, **private)
     return ExplainTab(image, model, target, key)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import render
+from explorer import render, share
 from explorer.session import (
     SESSION,
     Explanation,
@@ -42,6 +43,7 @@ from explorer.session import (
     sanity_key,
 )
 from explorer.uploads import PhotoGate, PhotoRejected, default_gate
+from tgrad import viz
 from tgrad.decompose import NotDecomposableError
 from tgrad.images import ImageLoadError
 from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError
@@ -52,6 +54,12 @@ NO_PHOTO = "Please upload a photo (or pick one of the bundled photos) first."
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_PHOTOS = tuple(sorted((ROOT / "assets").glob("*.jpg")))
 """The example photos: the only files outside Gradio's upload folder the app reads."""
+BUNDLED_BY_NAME = {path.stem: path for path in BUNDLED_PHOTOS}
+"""The bundled photos by the name a link gives them (``coffee``)."""
+BUNDLED_DIGESTS = {content_digest(path.read_bytes()): path.stem for path in BUNDLED_PHOTOS}
+"""The bundled photos' names by content, to name the photo of a view in its link."""
+FIGURES_DIR = Path(tempfile.gettempdir()) / "tgrad-figures"
+"""Where "Download figures" writes its zips (Gradio serves a copy of each)."""
 MAX_UPLOAD_MB = 25
 """The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
 MAX_NUMBER_TEXT = 32
@@ -231,12 +239,15 @@ class Handlers:
                 return None  # a new photo, not explained yet: keep what is shown
         return self._explain(data, model, target)
 
-    def _view(self, position: object, mode: object, opacity: object) -> tuple[float, str, float]:
-        """The three view controls, checked: (position, mode, opacity)."""
+    def _view(
+        self, position: object, mode: object, opacity: object, cmap: object = None
+    ) -> tuple[float, str, float, str]:
+        """The view controls, checked: (position, mode, opacity, colour map)."""
         return (
             number(position, "The layer position", 0.0, 1e6, 0.0),
             choice(mode, render.MODES, "The view", render.ALONE),
             number(opacity, "The opacity", 0.0, 1.0, 0.5),
+            choice(cmap, list(viz.CMAPS), "The colour map", viz.DEFAULT_CMAP),
         )
 
     def show_layers(
@@ -246,22 +257,28 @@ class Handlers:
         mode: str,
         opacity: float,
         image: Photo = None,
+        cmap: str | None = None,
     ) -> tuple[Any, ...]:
-        """After an explanation: size the layer slider, draw the layer view and summary,
-        and title the overlay with the class it explains."""
-        position, mode, opacity = self._view(position, mode, opacity)
+        """After an explanation: size the layer slider, draw the layer view, the summary
+        and the grid of every layer's map, and redraw the overlay (in the page's colour
+        map, titled with the class it explains)."""
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
         explanation = self._cached(key, image)
         if explanation is None:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         index = explanation.clamp(position)
         slider = gr.update(maximum=explanation.positions - 1, value=index, interactive=True)
         return (
             slider,
-            render.layer_overlay(explanation, index, mode, opacity),
+            render.layer_overlay(explanation, index, mode, opacity, cmap),
             render.layer_caption(explanation, index, mode),
             render.chart_html(explanation, index, mode),
             render.summary(explanation),
-            gr.update(label=render.overlay_title(explanation)),
+            gr.update(
+                value=render.saliency_overlay(explanation, opacity, cmap),
+                label=render.overlay_title(explanation),
+            ),
+            render.layer_gallery(explanation, cmap),
         )
 
     def render_layer(
@@ -271,15 +288,16 @@ class Handlers:
         mode: str,
         opacity: float,
         image: Photo = None,
+        cmap: str | None = None,
     ) -> tuple[Any, ...]:
         """Layer slider or mode moved: (layer overlay, caption, chart)."""
-        position, mode, opacity = self._view(position, mode, opacity)
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
         explanation = self._cached(key, image)
         if explanation is None:
             return (gr.skip(),) * 3
         index = explanation.clamp(position)
         return (
-            render.layer_overlay(explanation, index, mode, opacity),
+            render.layer_overlay(explanation, index, mode, opacity, cmap),
             render.layer_caption(explanation, index, mode),
             render.chart_html(explanation, index, mode),
         )
@@ -291,17 +309,112 @@ class Handlers:
         mode: str,
         opacity: float,
         image: Photo = None,
+        cmap: str | None = None,
     ) -> tuple[Any, ...]:
         """Opacity moved: (saliency overlay, layer overlay)."""
-        position, mode, opacity = self._view(position, mode, opacity)
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
         explanation = self._cached(key, image)
         if explanation is None:
             return (gr.skip(),) * 2
         index = explanation.clamp(position)
         return (
-            render.saliency_overlay(explanation, opacity),
-            render.layer_overlay(explanation, index, mode, opacity),
+            render.saliency_overlay(explanation, opacity, cmap),
+            render.layer_overlay(explanation, index, mode, opacity, cmap),
         )
+
+    def render_colours(
+        self,
+        key: str | None,
+        position: float,
+        mode: str,
+        opacity: float,
+        image: Photo = None,
+        cmap: str | None = None,
+    ) -> tuple[Any, ...]:
+        """Colour map changed: (colour bar, its caption, saliency overlay, layer overlay,
+        layer grid); the last three only when there is an explanation."""
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
+        legend = (viz.colorbar_pixels(cmap), render.colour_scale(cmap))
+        explanation = self._cached(key, image)
+        if explanation is None:
+            return (*legend, *(gr.skip(),) * 3)
+        index = explanation.clamp(position)
+        return (
+            *legend,
+            render.saliency_overlay(explanation, opacity, cmap),
+            render.layer_overlay(explanation, index, mode, opacity, cmap),
+            render.layer_gallery(explanation, cmap),
+        )
+
+    def jump(self, key: str | None, selection: gr.SelectData) -> Any:
+        """A click on a map of the layer grid, or on a bar of the chart: move the layer
+        slider there. The position is checked like any value from the page."""
+        index = selection.index
+        if isinstance(index, (list, tuple)):  # a gallery in a grid may send [row, column]
+            index = index[0] if len(index) == 1 else None
+        position = number(index, "The layer position", 0.0, 1e6, 0.0)
+        explanation = self.session.lookup(key if isinstance(key, str) else None)
+        if explanation is None:
+            return gr.skip()
+        return explanation.clamp(position)
+
+    # ---------------------------------------------------------------- links, figures
+
+    def view_link(
+        self, key: str | None, position: float, mode: str, cmap: str | None = None
+    ) -> Any:
+        """The query string of a link to the view shown (:func:`explorer.share.view_query`;
+        the photo is named only when it is a bundled one)."""
+        position, mode, _, cmap = self._view(position, mode, None, cmap)
+        explanation = self.session.lookup(key if isinstance(key, str) else None)
+        if explanation is None:
+            return gr.skip()
+        parsed = parse_key(explanation.key)
+        photo = BUNDLED_DIGESTS.get(parsed[0]) if parsed else None
+        return share.view_query(explanation, photo, explanation.clamp(position), mode, cmap)
+
+    def open_link(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Page load: apply the view the page's link asks for: (photo, model, class,
+        requested layer, mode, colour map), gr.skip() for what it does not set. What
+        cannot be used is named in a warning and ignored."""
+        params = dict(getattr(request, "query_params", None) or {})
+        categories = self.session.models.get(self.models[0]).loaded.categories
+        view, ignored = share.parse_query(
+            params, list(BUNDLED_BY_NAME), self.models, len(categories)
+        )
+        if ignored:
+            verb = "was" if len(ignored) == 1 else "were"
+            gr.Warning(f"This link's {', '.join(ignored)} could not be used and {verb} ignored.")
+        skip = gr.skip()
+        return (
+            str(BUNDLED_BY_NAME[view.photo]) if view.photo else skip,
+            view.model or skip,
+            view.target if view.target is not None else skip,
+            view.layer if view.layer is not None else skip,
+            view.mode or skip,
+            view.cmap or skip,
+        )
+
+    def figures(
+        self,
+        key: str | None,
+        position: float,
+        mode: str,
+        opacity: float,
+        image: Photo = None,
+        cmap: str | None = None,
+    ) -> str:
+        """Download figures: the view's figures in a zip (:func:`explorer.share.figures_zip`)."""
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
+        explanation = self._cached(key, image)
+        if explanation is None:
+            raise _user_error(
+                "Explain a photo first: the figures are of what is shown.", "Nothing yet"
+            )
+        index = explanation.clamp(position)
+        data = share.figures_zip(explanation, index, mode, opacity, cmap)
+        name = f"t-grad-{explanation.model}-class{explanation.target}-position{index}"
+        return str(share.save_figures(FIGURES_DIR, name, data))
 
     # ---------------------------------------------------------------- Compare tab
 

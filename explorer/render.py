@@ -36,34 +36,48 @@ def is_cumulative(mode: str | None) -> bool:
     return mode == CUMULATIVE
 
 
-COLOUR_SCALE = (
-    f"Colours: 0 is no saliency, 1 is the map's {viz.ROBUST_PERCENTILE:g}th percentile; the "
-    f"few pixels above it are drawn at 1, so that they cannot wash out the rest. Every map "
-    f"on the page (each layer, each method) is scaled this way."
-)
-"""What the page says under the colour bar."""
+def colour_scale(cmap: str = viz.DEFAULT_CMAP) -> str:
+    """What the page says under the colour bar: the colour map and the robust scale."""
+    return (
+        f"Colour map: **{viz.CMAPS.get(cmap, cmap)}**. 0 is no saliency, 1 is the map's "
+        f"{viz.ROBUST_PERCENTILE:g}th percentile; the few pixels above it are drawn at 1, so "
+        f"that they cannot wash out the rest. Every map on the page (each layer, each "
+        f"method) is scaled this way."
+    )
 
 
-def map_overlay(pixels: np.ndarray, saliency: torch.Tensor, alpha: float) -> np.ndarray:
-    """A map over the photo with the page's one colour scale (:data:`COLOUR_SCALE`):
+COLOUR_SCALE = colour_scale()
+"""What the page says under the colour bar with the default colour map."""
+
+
+def map_overlay(
+    pixels: np.ndarray, saliency: torch.Tensor, alpha: float, cmap: str = viz.DEFAULT_CMAP
+) -> np.ndarray:
+    """A map over the photo with the page's one colour scale (:func:`colour_scale`):
     upsampled bilinearly to the photo, robustly normalised, coloured, blended."""
     size = pixels.shape[:2]
     values = viz.robust_normalize(upsample(saliency[None].float(), size)[0])
-    return viz.blend(pixels, viz.colorize_unit(values), _alpha(alpha))
+    return viz.blend(pixels, viz.colorize_unit(values, cmap), _alpha(alpha))
 
 
-def saliency_overlay(explanation: Explanation, alpha: float) -> np.ndarray:
-    """The full T-Grad saliency over what the model saw: uint8 [H,W,3]."""
-    return map_overlay(explanation.pixels, explanation.result.saliency[0], alpha)
+def saliency_overlay(
+    explanation: Explanation, alpha: float, cmap: str = viz.DEFAULT_CMAP
+) -> np.ndarray:
+    """The full T-Grad saliency over the photo the model saw, drawn large: uint8 [H,W,3]."""
+    return map_overlay(explanation.backdrop, explanation.result.saliency[0], alpha, cmap)
 
 
 def layer_overlay(
-    explanation: Explanation, position: int, mode: str | None, alpha: float
+    explanation: Explanation,
+    position: int,
+    mode: str | None,
+    alpha: float,
+    cmap: str = viz.DEFAULT_CMAP,
 ) -> np.ndarray:
-    """The map at a slider position (alone or accumulated) over the image: uint8 [H,W,3]."""
-    return map_overlay(
-        explanation.pixels, explanation.layer_map(position, is_cumulative(mode)), alpha
-    )
+    """The map at a slider position (alone or accumulated) over the photo, drawn large:
+    uint8 [H,W,3]."""
+    layer = explanation.layer_map(position, is_cumulative(mode))
+    return map_overlay(explanation.backdrop, layer, alpha, cmap)
 
 
 def _alpha(alpha: float | None) -> float:
@@ -74,17 +88,28 @@ def _share(explanation: Explanation, value: float) -> str:
     return viz.share_text(value, viz.total_size(explanation.result))
 
 
+def term_html(explanation: Explanation, term_index: int) -> str:
+    """A term's readable name, its module path (and what the module is) as a tooltip."""
+    title = html.escape(explanation.title(term_index))
+    if not explanation.labels:
+        return title
+    label = explanation.labels[term_index]
+    tip = html.escape(f"{label.path}: {label.detail}" if label.detail else label.path)
+    return f'<span title="{tip}">{title}</span>'
+
+
 def layer_caption(explanation: Explanation, position: int, mode: str | None) -> str:
-    """Markdown: ``position k / n: name (kind, hxw): contribution = x% of all terms``."""
+    """Markdown: ``Position k / n (layer map): Block 2 · depthwise conv · 56 x 56:
+    +0.41 logit units = +1.2% of all terms``, then what the picture shows."""
     term_index = explanation.term_indices[position]
     term = explanation.result.terms[term_index]
     last = explanation.positions - 1
     what = "input term" if term.kind == "input" else "layer map"
-    lines = [
-        f"**Position {position} / {last}** ({what}): "
-        f"`{viz.share_label(explanation.result, term_index)}`"
-    ]
     value = float(term.contribution[0])
+    lines = [
+        f"**Position {position} / {last}** ({what}): {term_html(explanation, term_index)}: "
+        f"{value:+.3g} logit units = {_share(explanation, value)}"
+    ]
     if value <= 0 and is_cumulative(mode):
         lines.append(
             "This term pushes the logit *down*, so its T-Grad weight is 0: the running "
@@ -106,8 +131,34 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
             + (" This is the full T-Grad map." if position == last else "")
         )
     else:
-        lines.append("Showing this term's own map S_t (its positive part, summed over channels).")
+        lines.append(
+            "Showing this term's own map: where it adds to the logit (its positive part, "
+            "summed over the layer's channels)."
+        )
     return "\n\n".join(lines)
+
+
+GALLERY_SIZE = 112
+"""Side in pixels of each picture of the layer grid (the paper's Fig. 2)."""
+
+
+def layer_gallery(
+    explanation: Explanation, cmap: str = viz.DEFAULT_CMAP
+) -> list[tuple[np.ndarray, str]]:
+    """The paper's Fig. 2: every slider position's own map over the photo, small, in
+    slider order, each captioned ``"k · Block 2 · expand conv · 112 x 112 · +1.2%"``
+    (the position first: clicking picture k moves the slider to k)."""
+    base = _small(explanation.pixels, GALLERY_SIZE)
+    total = viz.total_size(explanation.result)
+    pictures = []
+    for position, term_index in enumerate(explanation.term_indices):
+        term = explanation.result.terms[term_index]
+        assert term.map is not None  # spatial terms have maps
+        value = float(term.contribution[0])
+        share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
+        caption = f"{position} · {explanation.title(term_index)} · {share}"
+        pictures.append((map_overlay(base, term.map[0], 0.6, cmap), caption))
+    return pictures
 
 
 def summary(explanation: Explanation) -> str:
@@ -189,6 +240,8 @@ CHART_CSS = """
 .tg-zero { position: absolute; left: 0; right: 0; height: 0;
   border-top: 1px solid var(--body-text-color, #333); pointer-events: none; }
 .tg-col { position: relative; flex: 1; min-width: 2px; height: 100%; }
+.tg-col[data-pos] { cursor: pointer; }
+.tg-col[data-pos]:hover { background: rgba(255, 127, 14, 0.15); }
 .tg-bar { position: absolute; left: 0; right: 0; min-height: 1px; }
 .tg-pos { background: #1f77b4; }
 .tg-neg { background: #d62728; }
@@ -209,6 +262,27 @@ CHART_CSS = """
 """
 """Styles of :func:`chart_html`, scoped to its ``gr.HTML`` through ``css_template``."""
 
+ADDRESS_BAR_JS = """
+(query) => {
+  if (!query) return window.location.href;
+  const url = new URL(window.location.href);
+  url.search = query;
+  window.history.replaceState(null, '', url);
+  return url.toString();
+}
+"""
+"""Puts a view's query string (:func:`explorer.share.view_query`) in the address bar
+and returns the whole link, for the page's link box."""
+
+CHART_JS = """
+element.addEventListener('click', (event) => {
+  const column = event.target.closest('[data-pos]');
+  if (column) trigger('select', {index: Number(column.dataset.pos), value: column.title});
+});
+"""
+"""The chart's ``js_on_load``: a click on a bar with a map sends its slider position as a
+``select`` event (the handler checks it like any other value from the page)."""
+
 
 def chart_html(explanation: Explanation, position: int, mode: str | None) -> str:
     """One bar per term of the logit, the term at ``position`` highlighted, as HTML.
@@ -227,6 +301,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     bottom = min(0.0, *values)
     span = (top - bottom) or 1.0
     zero = -bottom / span * 100
+    positions = {term_index: k for k, term_index in enumerate(explanation.term_indices)}
 
     columns = []
     rows = []
@@ -241,15 +316,18 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         elif cumulative and term.spatial and index > current:
             classes.append("tg-dim")
         grid = f"{term.grid[0]}x{term.grid[1]}" if term.grid else "no map"
-        tip = f"{term.name} ({term.kind}, {grid}): {value:+.4g} = {_share(explanation, value)}"
+        title = explanation.title(index)
+        tip = f"{title} ({term.name}): {value:+.4g} = {_share(explanation, value)}"
+        position = positions.get(index)
+        jump = "" if position is None else f' data-pos="{position}"'
         columns.append(
-            f'<div class="tg-col" title="{html.escape(tip)}">'
+            f'<div class="tg-col"{jump} title="{html.escape(tip)}">'
             f'<div class="{" ".join(classes)}" '
             f'style="bottom:{base:.3f}%;height:{height:.3f}%"></div></div>'
         )
         mark = ' aria-current="true"' if index == current else ""
         rows.append(
-            f"<tr{mark}><td>{html.escape(term.name)}</td><td>{html.escape(term.kind)}</td>"
+            f"<tr{mark}><td>{html.escape(title)}</td><td>{html.escape(term.name)}</td>"
             f"<td>{grid}</td><td>{value:+.4f}</td><td>{_share(explanation, value)}</td></tr>"
         )
 
@@ -258,7 +336,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     spatial = explanation.positions
     caption = (
         f"Logit {logit:.3f} = sum of {len(terms)} terms (completeness gap "
-        f"{explanation.gap:.1e}). Highlighted: <b>{html.escape(term.name)}</b>, "
+        f"{explanation.gap:.1e}). Highlighted: <b>{term_html(explanation, current)}</b>, "
         f"{value:+.3f} logit units ({_share(explanation, value)}). Shares are of the sum "
         f"of the absolute sizes of all terms, {viz.total_size(result):.3f}, which stays "
         "meaningful when the logit is small or negative."
@@ -266,7 +344,8 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     label = (
         f"Bar chart of the {len(terms)} terms of the logit {logit:.3f}: the input term, "
         f"{spatial - 1} layer bias terms and {len(terms) - spatial} classifier bias terms. "
-        f"Largest {top:+.3f}, smallest {bottom:+.3f}. Highlighted: {term.name}, {value:+.3f}."
+        f"Largest {top:+.3f}, smallest {bottom:+.3f}. Highlighted: "
+        f"{explanation.title(current)}, {value:+.3f}. Click a bar to show its map."
     )
     return (
         '<figure class="tg-chart">'
@@ -290,7 +369,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         + (_DIM_KEY if cumulative else "")
         + "</div>"
         "<details><summary>Every term as a table</summary><table>"
-        "<thead><tr><th>term</th><th>kind</th><th>grid</th><th>contribution</th>"
+        "<thead><tr><th>term</th><th>module</th><th>grid</th><th>contribution</th>"
         "<th>share</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>"
         "</figure>"
     )

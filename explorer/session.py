@@ -26,11 +26,14 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 
 from tgrad.decompose import Term
 from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
-from tgrad.models import DEFAULT_MODEL, LoadedModel, list_models, load_model
+from tgrad.layers import LayerLabel, layer_labels
+from tgrad.models import DEFAULT_MODEL, LoadedModel, Preprocessing, list_models, load_model
 from tgrad.tgrad import TGrad, TGradResult, upsample
 from tgrad.viz import to_uint8_image
 
@@ -46,6 +49,11 @@ STOP_CHUNK = 8
 MAX_METHOD_MAPS = 128
 """Method maps kept for the Compare tab (a 224 x 224 map is 200 KB: 128 are 25 MB)."""
 SANITY_MAP_SIZE = 112
+DISPLAY_SCALE = 2
+"""The Explain tab's pictures are drawn over the photo at this many times the model's
+input size (448 px for a 224 px model): maps are upsampled smoothly anyway, but the
+photo under them stays sharp on a projector. Twice, not more: each slider step sends
+one such PNG (about 300 kB at 448 px)."""
 """Side of the maps a cascade keeps: the grid shows many small panels."""
 MAX_SANITY_RUNS = 4
 SANITY_SEED = 0
@@ -186,6 +194,17 @@ class Explanation:
     """The model's input [1,C,H,W] (normalised), for the methods of the Compare tab."""
     seconds: float = 0.0
     """How long the T-Grad pass took (wall clock)."""
+    labels: tuple[LayerLabel, ...] = field(repr=False, default=())
+    """A readable name for each term of ``result`` (:func:`tgrad.layers.layer_labels`);
+    empty: show the module names."""
+    display: np.ndarray | None = field(repr=False, default=None)
+    """The same crop of the photo at :data:`DISPLAY_SCALE` times the size, uint8
+    [H,W,3], to draw the Explain tab's large pictures over (None: use ``pixels``)."""
+
+    @property
+    def backdrop(self) -> np.ndarray:
+        """What the large pictures are drawn over: ``display``, else ``pixels``."""
+        return self.pixels if self.display is None else self.display
 
     @cached_property
     def spatial_terms(self) -> tuple[Term, ...]:
@@ -222,6 +241,12 @@ class Explanation:
     def gap(self) -> float:
         return float(self.result.gap[0])
 
+    def title(self, term_index: int) -> str:
+        """The readable name of ``result.terms[term_index]`` (its module path if none)."""
+        if self.labels:
+            return self.labels[term_index].title
+        return self.result.terms[term_index].name
+
     def top5(self) -> list[tuple[int, str, float]]:
         """The five most probable classes: (index, name, probability)."""
         return top_k(self.result.logits[0], self.categories, 5)
@@ -234,7 +259,8 @@ class Explanation:
     def layer_map(self, position: int, cumulative: bool) -> torch.Tensor:
         """What the slider shows at ``position`` [h,w] (any scale).
 
-        ``cumulative=False``: that term's own map S_t on its grid. ``True``: the T-Grad
+        ``cumulative=False``: that term's own map (its positive part summed over
+        channels) on its grid. ``True``: the T-Grad
         saliency built from the terms up to this one; at the last position it is the
         full T-Grad saliency, bit for bit.
         """
@@ -243,6 +269,21 @@ class Explanation:
         layer = self.spatial_terms[position].map
         assert layer is not None  # spatial terms have maps
         return layer[0]
+
+
+def display_crop(
+    photo: Image.Image, preprocessing: Preprocessing, scale: int = DISPLAY_SCALE
+) -> np.ndarray:
+    """The region of ``photo`` the model sees, at ``scale`` times its input size.
+
+    ``preprocessing`` resizes the shorter side to ``resize`` and takes the centre
+    ``crop``; resizing to ``scale * resize`` and cropping ``scale * crop`` is the same
+    region, with ``scale`` times the pixels. uint8 [H,W,3].
+    """
+    mode = TF.InterpolationMode(preprocessing.interpolation)
+    size = [scale * preprocessing.resize]
+    resized = TF.resize(photo.convert("RGB"), size, interpolation=mode, antialias=True)
+    return np.asarray(TF.center_crop(resized, [scale * preprocessing.crop]))
 
 
 def content_digest(data: bytes) -> str:
@@ -414,13 +455,17 @@ class Session:
             report(0.2, "decoding the photo")
             photo = load_image(io.BytesIO(data))
             x = entry.loaded.preprocessing(photo)[None]
-            del photo
             report(0.35, "explaining (forward + backward)")
             start = time.perf_counter()
             result = entry.explainer(x, target_index)
             seconds = time.perf_counter() - start
             pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
-        explanation = Explanation(key, model, pixels, result, categories, x, seconds)
+            display = display_crop(photo, entry.loaded.preprocessing)
+            del photo
+        labels = tuple(layer_labels(entry.loaded.module, result.terms))
+        explanation = Explanation(
+            key, model, pixels, result, categories, x, seconds, labels, display
+        )
         self.explanations.put(key, explanation)
         with self._count_lock:
             self.computed += 1

@@ -50,7 +50,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
             elem_id="title",
         )
         with gr.Tabs(elem_id="tabs"):
-            explain = explain_tab.build(handlers, models, key)
+            explain = explain_tab.build(handlers, models, key, demo)
             compare_tab.build(handlers, explain)
             evaluate_tab.build(handlers, explain)
             sanity_tab.build(handlers, explain)

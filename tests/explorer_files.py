@@ -56,7 +56,9 @@ def svg_image(folder: Path) -> Path:
 
 
 class Request:
-    """What Gradio passes a handler as ``gr.Request``: the handlers read the session hash."""
+    """What Gradio passes a handler as ``gr.Request``: the handlers read the session hash
+    and the page's query parameters."""
 
-    def __init__(self, session_hash: str) -> None:
+    def __init__(self, session_hash: str = "", query_params: dict | None = None) -> None:
         self.session_hash = session_hash
+        self.query_params = query_params or {}

@@ -11,10 +11,12 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, NO_PHOTO, Handlers
 from explorer.session import (
+    DISPLAY_SCALE,
     LRU,
     TOP1,
     ModelCache,
@@ -65,7 +67,8 @@ def assert_complete(decomposition: dict) -> None:
 
 def test_explain_returns_overlay_top5_and_decomposition(coffee):
     overlay, top5, decomposition, key = coffee
-    assert overlay.shape == (224, 224, 3) and overlay.dtype == np.uint8
+    side = DISPLAY_SCALE * 224  # drawn large, over the photo at twice the model's input
+    assert overlay.shape == (side, side, 3) and overlay.dtype == np.uint8
     assert next(iter(top5)) == "967: espresso ← explained"
     assert top5["967: espresso ← explained"] > 0.5
     assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.05
@@ -80,6 +83,25 @@ def test_explain_returns_overlay_top5_and_decomposition(coffee):
     # shares are of the sum of the terms' absolute sizes: their absolute values sum to 1
     assert sum(abs(row["share"]) for row in terms) == pytest.approx(1.0)
     assert isinstance(key, str) and key
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_the_large_picture_shows_exactly_what_the_model_saw(handlers, name):
+    """The large pictures are drawn over the photo's centre crop at twice the size: shrunk
+    back to 224 px it must be the model's input: only resampling differs (a few grey
+    levels on average), and no shift of a pixel or two in any direction matches better
+    (a region off by a pixel, or scaled by 1 %, would)."""
+    _, _, _, key = handlers.explain(str(PHOTOS[name]), DEFAULT_MODEL, TOP1, 0.5)
+    explanation = handlers.session.lookup(key)
+    large = Image.fromarray(explanation.backdrop)
+    assert large.size == (448, 448)
+    small = np.asarray(large.resize((224, 224), Image.Resampling.BICUBIC))
+    assert mean_abs_diff(small, explanation.pixels) < 4.0
+    aligned = mean_abs_diff(small, explanation.pixels)
+    for axis in (0, 1):
+        for shift in (-2, -1, 1, 2):
+            shifted = np.roll(small, shift, axis=axis)[2:-2, 2:-2]
+            assert mean_abs_diff(shifted, explanation.pixels[2:-2, 2:-2]) > aligned
 
 
 def test_decomposition_sums_to_the_logit(coffee):
@@ -116,11 +138,14 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
     _, caption, chart = handlers.render_layer(key, 10, render.ALONE, 0.5)
     term = explanation.spatial_terms[10]
     assert f"Position 10 / {explanation.positions - 1}" in caption
-    assert term.name in caption and f"{term.grid[0]}x{term.grid[1]}" in caption
+    # a student reads the block, the operation and the size; the module path is a tooltip
+    title = "Block 4 · expand conv · 56 x 56"
+    assert term.name == "_blocks.3._bn0" and f'<span title="{term.name}: ' in caption
+    assert f">{title}</span>" in caption and "_bn0" not in caption.split(">", 1)[1]
     value = float(term.contribution[0])
     total = sum(abs(float(t.contribution[0])) for t in explanation.result.terms)
-    assert f"{100 * value / total:+.1f}% of all terms" in caption
-    assert f"<b>{term.name}</b>" in chart
+    assert f"{value:+.3g} logit units = {100 * value / total:+.1f}% of all terms" in caption
+    assert f">{title}</span></b>" in chart and "S_t" not in caption
 
 
 def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
@@ -140,12 +165,16 @@ def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
 
 
 def test_show_layers_sizes_the_slider(handlers, coffee):
-    slider, image, _, chart, summary, title = handlers.show_layers(
+    slider, image, _, chart, summary, title, grid = handlers.show_layers(
         coffee[3], 500, render.ALONE, 0.5
     )
     assert title["label"] == "T-Grad saliency for 967: espresso (efficientnet_lite0)"
+    np.testing.assert_array_equal(title["value"], coffee[0])  # same colours as /explain's
     assert slider["maximum"] == 49 and slider["value"] == 49 and slider["interactive"]
-    assert image.shape == (224, 224, 3)
+    assert image.shape == (448, 448, 3)
+    # the paper's Fig. 2: one picture per slider position, captioned with its position
+    assert len(grid) == 50 and [c.split(" · ")[0] for _, c in grid] == list(map(str, range(50)))
+    assert grid[4][1].startswith("4 · Block 2 · expand conv · 112 x 112 · ")
     assert "967: espresso" in summary and "completeness gap" in summary
     assert chart.count("tg-cur") == 2  # the last layer's bar and the legend key
 
@@ -163,9 +192,9 @@ def test_opacity(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
     clear, _ = handlers.render_opacity(key, 0, render.ALONE, 0.0)
-    np.testing.assert_array_equal(clear, explanation.pixels)
+    np.testing.assert_array_equal(clear, explanation.backdrop)
     strong, layer = handlers.render_opacity(key, 0, render.ALONE, 1.0)
-    assert mean_abs_diff(strong, explanation.pixels) > 20
+    assert mean_abs_diff(strong, explanation.backdrop) > 20
     assert layer.shape == strong.shape
 
 
@@ -257,7 +286,7 @@ def test_bad_files_give_readable_errors(handlers, tmp_path):
 
 def test_large_upload_is_resized_not_refused(handlers, tmp_path):
     overlay, _, decomposition, _ = handlers.explain(str(large_photo(tmp_path)))
-    assert overlay.shape == (224, 224, 3)
+    assert overlay.shape == (448, 448, 3)
     assert_complete(decomposition)
 
 
@@ -288,7 +317,7 @@ def test_empty_state(handlers, coffee, state):
     # nothing to show and nothing to recompute from: nothing changes
     assert handlers.render_layer(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 3
     assert handlers.render_opacity(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 2
-    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 6
+    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 7
     # with the photo at hand (cached examples), the top-1 explanation is shown
     photo = str(PHOTOS["coffee"])
     image, caption, _ = handlers.render_layer(state, 3, render.ALONE, 0.5, photo)
@@ -306,7 +335,7 @@ def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
     handlers.explain(str(PHOTOS["rocket"]))  # evicts the cup
     assert session.lookup(key) is None
     # the page still shows the same photo: recomputed, with the cup as the target
-    slider, _, _, _, summary, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
+    slider, _, _, _, summary, _, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
     assert "968: cup" in summary and slider["maximum"] == 49
     assert session.lookup(key) is not None
     # a new photo was uploaded but not explained yet: nothing is redrawn

@@ -140,7 +140,7 @@ def test_every_photo_event_uses_the_gate(handlers, places):
     for event, outputs in (
         (handlers.render_layer, 3),
         (handlers.render_opacity, 2),
-        (handlers.show_layers, 6),
+        (handlers.show_layers, 7),
     ):
         with pytest.raises(gr.Error, match=UNUSABLE_RE):
             event("", 0, render.ALONE, 0.5, outside)
@@ -295,7 +295,9 @@ def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     for path in (str(places["outside"] / "secret.jpg"), "/etc/hostname", "/etc", "/dev/zero"):
         event, payload = call(client, "explain", [{"path": path}, DEFAULT_MODEL, None, 0.5])
         assert event == "error" and payload["error"] == UNUSABLE, path
-    done = join(client, demo, "render_layer", ["", 0, render.ALONE, 0.5, {"path": "/etc/hostname"}])
+    done = join(
+        client, demo, "render_layer", ["", 0, render.ALONE, 0.5, {"path": "/etc/hostname"}, None]
+    )
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     # a bundled photo is still fine
     event, payload = call(client, "explain", [{"path": str(PHOTOS["coffee"])}, None, None, 0.5])
