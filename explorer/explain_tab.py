@@ -43,10 +43,18 @@ BIG = 520
 
 
 def build(
-    handlers: Handlers, models: list[str], key: gr.State, demo: gr.Blocks | None = None
+    handlers: Handlers,
+    models: list[tuple[str, str]],
+    key: gr.State,
+    demo: gr.Blocks | None = None,
+    downloads: bool = False,
 ) -> ExplainTab:
-    """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events; with
-    ``demo``, a link's view (:mod:`explorer.share`) is applied when the page loads."""
+    """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events.
+
+    ``models`` are the model picker's ``(label, name)`` choices (:func:`render.model_choice`),
+    ``downloads`` whether some of them download on first use. With ``demo``, a link's
+    view (:mod:`explorer.share`) is applied when the page loads.
+    """
     with gr.Tab("Explain", id="explain-tab", elem_id="explain-tab"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
@@ -66,11 +74,16 @@ def build(
                 )
                 model = gr.Dropdown(
                     models,
-                    value=models[0],
+                    value=models[0][1],
                     label="Model",
-                    info="Only models whose weights are available are listed.",
+                    info=(
+                        "A model marked with a download size fetches its weights once, when picked."
+                        if downloads
+                        else "Offline: the models whose weights are on this machine."
+                    ),
                     elem_id="model",
                 )
+                model_note = gr.Markdown(elem_id="model-note")
                 target = gr.Textbox(
                     value="",
                     label="Class to explain",
@@ -172,9 +185,10 @@ def build(
                     figures_button = gr.Button("Download figures (zip)", elem_id="figures-btn")
                     figures = gr.File(label="Figures", interactive=False, elem_id="figures")
         gallery = gr.Gallery(
-            label="Every layer at once (the paper's Fig. 2): click a map to show it above",
-            columns=8,
-            height="auto",
+            label="Every layer at once (the paper's Fig. 2), with each term's share: click a "
+            "map to show it above, with its name",
+            columns=10,
+            height=720,
             allow_preview=False,
             object_fit="contain",
             format="png",
@@ -227,11 +241,20 @@ def build(
         "trigger_mode": "always_last",
         **raw,
     }
-    gr.on([model.change, target.submit], *check, **private).success(
-        handlers.explain_if_photo,
-        explain_inputs,
-        explain_outputs,
-        **again,
+    # a picked model is loaded at once (its download, if any, with a progress bar)
+    model.change(
+        handlers.prepare_model,
+        [model],
+        model_note,
+        api_visibility="private",
+        concurrency_id="explain",
+        concurrency_limit=2,
+        trigger_mode="always_last",
+    ).success(*check, **private).success(
+        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    target.submit(*check, **private).success(
+        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
     ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
     top5.select(handlers.pick_target, None, target, **private).success(
         handlers.explain_if_photo, explain_inputs, explain_outputs, **again

@@ -38,6 +38,7 @@ from explorer.session import (
     Stopped,
     available_models,
     content_digest,
+    download_report,
     parse_key,
     parse_target,
     sanity_key,
@@ -46,7 +47,7 @@ from explorer.uploads import PhotoGate, PhotoRejected, default_gate
 from tgrad import viz
 from tgrad.decompose import NotDecomposableError
 from tgrad.images import ImageLoadError
-from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError
+from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError, imagenet_categories
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ BUNDLED_BY_NAME = {path.stem: path for path in BUNDLED_PHOTOS}
 """The bundled photos by the name a link gives them (``coffee``)."""
 BUNDLED_DIGESTS = {content_digest(path.read_bytes()): path.stem for path in BUNDLED_PHOTOS}
 """The bundled photos' names by content, to name the photo of a view in its link."""
+CATEGORIES = tuple(imagenet_categories())
+"""The classes of every model of the zoo (ImageNet-1k), to check a class text without
+loading (or downloading) a model."""
 FIGURES_DIR = Path(tempfile.gettempdir()) / "tgrad-figures"
 """Where "Download figures" writes its zips (Gradio serves a copy of each)."""
 MAX_UPLOAD_MB = 25
@@ -74,6 +78,17 @@ MAX_STEPS = 224
 def _user_error(message: str, title: str) -> gr.Error:
     """An error the user caused and can fix: shown in the page, not logged as a crash."""
     return gr.Error(message, title=title, print_exception=False)
+
+
+def _unavailable(model: str, error: WeightsUnavailableError) -> gr.Error:
+    """A model's weights cannot be had: the whole story (file, path) goes to the server's
+    log, for whoever runs it; the page says so without a path."""
+    log.warning("model %s unavailable: %s", model, error)
+    return _user_error(
+        f"The weights of {model} are not on this server and cannot be downloaded now. "
+        "The server's log says which file to put where.",
+        "Model not available",
+    )
 
 
 Photo = str | dict | None
@@ -158,10 +173,7 @@ class Handlers:
         except ImageLoadError as error:
             raise _user_error(str(error), "Cannot use this file") from error
         except WeightsUnavailableError as error:
-            log.warning("model %s unavailable: %s", model, error)
-            raise _user_error(
-                f"The weights of {model} are not available on this server.", "Model not available"
-            ) from error
+            raise _unavailable(model, error) from error
         except NotDecomposableError as error:
             raise _user_error(str(error), "Model cannot be explained") from error
         except ValueError as error:  # unknown class (messages written for users)
@@ -192,12 +204,30 @@ class Handlers:
             explanation.key,
         )
 
+    def prepare_model(
+        self,
+        model: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+    ) -> str:
+        """A model was picked: load it now, downloading its weights first (once, with a
+        progress bar) where it is offered for download; then say what it is."""
+        model = choice(model, self.models, "The model", DEFAULT_MODEL)
+
+        def report(fraction: float, what: str) -> None:
+            progress(fraction, desc=what)
+
+        try:
+            loaded = self.session.models.get(model, download_report(report, model)).loaded
+        except WeightsUnavailableError as error:
+            raise _unavailable(model, error) from error
+        return render.model_note(loaded)
+
     def check_target(self, model: str | None, target: str | None) -> None:
         """Refuse a class text that names no class exactly, before anything is explained
         (an error in the explain event itself would blank the pictures on the page)."""
         model = choice(model, self.models, "The model", DEFAULT_MODEL)
         try:
-            parse_target(target, self.session.models.get(model).loaded.categories)
+            parse_target(target, CATEGORIES)  # every model of the zoo: ImageNet-1k
         except ValueError as error:
             raise _user_error(str(error), "Invalid choice") from error
 
@@ -378,9 +408,8 @@ class Handlers:
         requested layer, mode, colour map), gr.skip() for what it does not set. What
         cannot be used is named in a warning and ignored."""
         params = dict(getattr(request, "query_params", None) or {})
-        categories = self.session.models.get(self.models[0]).loaded.categories
         view, ignored = share.parse_query(
-            params, list(BUNDLED_BY_NAME), self.models, len(categories)
+            params, list(BUNDLED_BY_NAME), self.models, len(CATEGORIES)
         )
         if ignored:
             verb = "was" if len(ignored) == 1 else "were"

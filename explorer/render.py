@@ -25,6 +25,7 @@ from explorer.session import (
     SanityRun,
 )
 from tgrad import viz
+from tgrad.models import LoadedModel, ModelInfo
 from tgrad.tgrad import upsample
 
 ALONE = "this layer alone"
@@ -146,8 +147,8 @@ def layer_gallery(
     explanation: Explanation, cmap: str = viz.DEFAULT_CMAP
 ) -> list[tuple[np.ndarray, str]]:
     """The paper's Fig. 2: every slider position's own map over the photo, small, in
-    slider order, each captioned ``"k · Block 2 · expand conv · 112 x 112 · +1.2%"``
-    (the position first: clicking picture k moves the slider to k)."""
+    slider order, each captioned with its position and its share, ``"4 · +1.2%"`` (a
+    click on picture k moves the slider to k, where the caption names the layer)."""
     base = _small(explanation.pixels, GALLERY_SIZE)
     total = viz.total_size(explanation.result)
     pictures = []
@@ -156,7 +157,7 @@ def layer_gallery(
         assert term.map is not None  # spatial terms have maps
         value = float(term.contribution[0])
         share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
-        caption = f"{position} · {explanation.title(term_index)} · {share}"
+        caption = f"{position} · {share}"
         pictures.append((map_overlay(base, term.map[0], 0.6, cmap), caption))
     return pictures
 
@@ -171,6 +172,24 @@ def summary(explanation: Explanation) -> str:
         f"logit **{explanation.logit:.3f}** (probability {100 * explanation.probability:.1f}%)"
         f" = input term + {spatial - 1} layer terms + {classifier} classifier bias "
         f"term{'s' if classifier != 1 else ''}; completeness gap {explanation.gap:.1e}."
+    )
+
+
+def model_choice(info: ModelInfo) -> tuple[str, str]:
+    """``(label, name)`` for the model picker; a model that downloads on first use says
+    how much: ``"VGG-16 (the paper's model) · 528 MB download on first use"``."""
+    if info.available or info.download_bytes is None:
+        return info.label, info.name
+    return f"{info.label} · {info.download_bytes / 1e6:.0f} MB download on first use", info.name
+
+
+def model_note(loaded: LoadedModel) -> str:
+    """Markdown under the model picker: what the model is, once it is loaded."""
+    parameters = sum(p.numel() for p in loaded.module.parameters())
+    size = loaded.preprocessing.crop
+    return (
+        f"`{loaded.name}`: ImageNet weights, {parameters / 1e6:.1f} M parameters, sees a "
+        f"{size} x {size} px centre crop of the photo."
     )
 
 

@@ -33,7 +33,15 @@ from tgrad.decompose import Term
 from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
 from tgrad.layers import LayerLabel, layer_labels
-from tgrad.models import DEFAULT_MODEL, LoadedModel, Preprocessing, list_models, load_model
+from tgrad.models import (
+    DEFAULT_MODEL,
+    DownloadProgress,
+    LoadedModel,
+    ModelInfo,
+    Preprocessing,
+    load_model,
+    zoo,
+)
 from tgrad.tgrad import TGrad, TGradResult, upsample
 from tgrad.viz import to_uint8_image
 
@@ -121,15 +129,19 @@ class ModelCache:
     """At most ``capacity`` models in memory; each is loaded once even under concurrency."""
 
     def __init__(
-        self, capacity: int = MAX_MODELS, loader: Callable[[str], LoadedModel] = load_model
+        self, capacity: int = MAX_MODELS, loader: Callable[..., LoadedModel] = load_model
     ) -> None:
         self._entries: LRU[str, ModelEntry] = LRU(capacity)
         self._loader = loader
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> ModelEntry:
-        """The model ``name`` (loading it if needed; may raise WeightsUnavailableError)."""
+    def get(self, name: str, progress: DownloadProgress | None = None) -> ModelEntry:
+        """The model ``name`` (loading it if needed; may raise WeightsUnavailableError).
+
+        ``progress(bytes_done, bytes_total)`` is called while its weights download, if
+        they do (the loader is called as ``loader(name, progress=progress)``).
+        """
         entry = self._entries.get(name)
         if entry is not None:
             return entry
@@ -138,7 +150,11 @@ class ModelCache:
         with name_lock:  # a second thread asking for the same model waits for the first
             entry = self._entries.get(name)
             if entry is None:
-                loaded = self._loader(name)
+                loaded = (
+                    self._loader(name)
+                    if progress is None
+                    else self._loader(name, progress=progress)
+                )
                 entry = ModelEntry(loaded, TGrad(loaded.module))
                 self._entries.put(name, entry)
         return entry
@@ -148,10 +164,26 @@ class ModelCache:
         return self._entries.keys()
 
 
+def offered_models(allow_downloads: bool | None = None) -> list[ModelInfo]:
+    """The models the page offers (:func:`tgrad.models.zoo`), the offline default first:
+    those whose weights are on disk and, where downloads are allowed, those that
+    download on first use."""
+    return sorted(zoo(allow_downloads), key=lambda m: m.name != DEFAULT_MODEL)
+
+
 def available_models() -> list[str]:
-    """The models whose weights are on disk (the offline default first)."""
-    names = [name for name, available, _ in list_models() if available]
-    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+    """The names of :func:`offered_models`."""
+    return [info.name for info in offered_models()]
+
+
+def download_report(report: Progress, model: str) -> DownloadProgress:
+    """A weights download's ``progress(done, total)`` as a progress report."""
+
+    def downloading(done: int, total: int) -> None:
+        megabytes = f"{done / 1e6:.0f} of {total / 1e6:.0f} MB" if total else "starting"
+        report(done / total if total else 0.0, f"downloading the weights of {model}: {megabytes}")
+
+    return downloading
 
 
 def parse_target(text: str | int | None, categories: Sequence[str]) -> int | None:
@@ -440,7 +472,7 @@ class Session:
         """
         report = progress or (lambda fraction, what: None)
         report(0.05, f"loading model {model}")
-        entry = self.models.get(model)
+        entry = self.models.get(model, download_report(report, model))
         categories = entry.loaded.categories
         target_index = parse_target(target, categories)
         key = content_key(data, model, target_index)

@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import compare_tab, evaluate_tab, explain_tab, sanity_tab
+from explorer import compare_tab, evaluate_tab, explain_tab, render, sanity_tab
 from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
-from explorer.session import SESSION, Session, available_models
+from explorer.session import SESSION, Session, offered_models
 from tgrad.models import DEFAULT_MODEL
 
 GUIDE = (Path(__file__).resolve().parent / "guide.md").read_text(encoding="utf-8")
@@ -37,8 +37,10 @@ LAUNCH_OPTIONS: dict[str, Any] = {
 
 def build_demo(session: Session | None = None) -> gr.Blocks:
     """The T-Grad Explorer page, its callbacks bound to ``session`` (default: the app's)."""
-    models = available_models() or [DEFAULT_MODEL]
-    handlers = Handlers(session or SESSION, models)
+    offered = offered_models()
+    choices = [render.model_choice(info) for info in offered] or [(DEFAULT_MODEL, DEFAULT_MODEL)]
+    handlers = Handlers(session or SESSION, [name for _, name in choices])
+    downloads = any(not info.available for info in offered)
 
     with gr.Blocks(title="T-Grad Explorer", delete_cache=(3600, 3600)) as demo:
         key = gr.State("")
@@ -50,7 +52,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
             elem_id="title",
         )
         with gr.Tabs(elem_id="tabs"):
-            explain = explain_tab.build(handlers, models, key, demo)
+            explain = explain_tab.build(handlers, choices, key, demo, downloads)
             compare_tab.build(handlers, explain)
             evaluate_tab.build(handlers, explain)
             sanity_tab.build(handlers, explain)

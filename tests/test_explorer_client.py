@@ -78,7 +78,7 @@ def test_explain_espresso(client, server):
     assert top5["label"] == "967: espresso ← explained"  # the top-1, marked as explained
     assert "968: cup" in [c["label"] for c in top5["confidences"]]
     image = pixels(overlay)
-    assert image.shape == (224, 224, 3)
+    assert image.shape == (448, 448, 3)  # drawn large: twice the model input
     assert decomposition["target"] == {"index": 967, "name": "espresso"}
     total = sum(row["contribution"] for row in decomposition["terms"])
     assert abs(total - decomposition["logit"]) <= 1e-4 * max(1, abs(decomposition["logit"]))

@@ -5,12 +5,15 @@ Screenshots go to tests/output/. Skipped only when /usr/bin/chromium is missing.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 
 import pytest
 
@@ -331,4 +334,79 @@ def test_an_example_explains_on_click_and_a_typed_class_must_be_exact(page):
     )
     title = page.locator("#overlay").inner_text()
     assert "T-Grad saliency for 281: tabby" in title
+    assert page.page_errors == [] and page.external == []
+
+
+def caption_says(page, text: str) -> None:
+    page.wait_for_function(
+        "t => document.querySelector('#layer-caption')?.innerText.includes(t)", arg=text
+    )
+
+
+def test_a_link_reopens_a_view_the_grid_and_bars_move_the_slider(page, server):
+    page.goto(server + "?photo=coffee&class=967&layer=20&mode=cumulative&cmap=jet")
+    caption_says(page, "Position 20 / 49")
+    caption_says(page, "built from positions 0 to 20")
+    assert "967: espresso" in page.locator("#summary").inner_text()
+    page.wait_for_function(
+        "() => document.querySelector('#colour-scale')?.innerText.includes('jet (as in')"
+    )
+    page.wait_for_function("() => location.search.includes('layer=20')")
+    link = page.locator("#view-link textarea, #view-link input").first
+    assert "photo=coffee" in link.input_value() and "cmap=jet" in link.input_value()
+
+    # large and sharp: the picture has twice the model's pixels and is shown large
+    overlay = page.locator("#overlay img")
+    assert overlay.evaluate("i => i.naturalWidth") == 448
+    assert overlay.bounding_box()["height"] >= 400
+    assert page.locator("#overlay button[aria-label*='ull']").count() >= 1  # full screen
+    page.locator("#overlay").screenshot(path=str(OUTPUT / "e2e_large_overlay.png"))
+
+    # the zero label sits on the zero line, as drawn by the browser
+    chart = page.locator("#decomposition-chart")
+    line = chart.locator(".tg-zero").bounding_box()
+    label = chart.locator(".tg-zero-label").bounding_box()
+    assert abs((label["y"] + label["height"] / 2) - line["y"]) <= 2, (label, line)
+    chart.screenshot(path=str(OUTPUT / "e2e_chart_zero_line.png"))
+
+    # the paper's Fig. 2 under the slider: a click on a map moves the slider there
+    grid = page.locator("#layer-grid")
+    grid.scroll_into_view_if_needed()
+    assert grid.locator("button.thumbnail-item, .thumbnail-item").count() == 50
+    grid.locator(".thumbnail-item").nth(7).click()
+    caption_says(page, "Position 7 / 49")
+    page.wait_for_function("() => location.search.includes('layer=7')")
+    grid.screenshot(path=str(OUTPUT / "e2e_layer_grid.png"))
+    # ... and so does a click on a bar of the chart
+    chart.locator('.tg-col[data-pos="30"]').click()
+    caption_says(page, "Position 30 / 49")
+    assert page.locator("#layer-slider input[type=range]").input_value() == "30"
+
+    # the figures, in one zip
+    page.locator("#figures-btn").click()
+    href = page.locator("#figures a").first
+    href.wait_for(state="attached")
+    body = page.request.get(href.get_attribute("href")).body()
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert {"overlay.png", "layers.png", "chart.png", "numbers.json"} <= set(
+            archive.namelist()
+        )
+        assert json.loads(archive.read("numbers.json"))["view"]["position"] == 30
+
+    # a new photo starts again at the input term
+    upload(page, PHOTOS["chelsea"])
+    page.wait_for_function(
+        "() => document.querySelector('#layer-slider input[type=range]')?.value === '0'"
+    )
+    page.screenshot(path=str(OUTPUT / "e2e_link_view.png"), full_page=True)
+    assert error_toasts(page).count() == 0
+    assert page.page_errors == [] and page.external == []
+
+
+def test_a_hostile_link_says_what_it_ignored(page, server):
+    page.goto(server + "?photo=../../etc/passwd&class=%C2%B2&layer=3")
+    toast = page.locator(".toast-body").first
+    toast.wait_for(state="visible")
+    assert "photo, class could not be used and were ignored" in toast.inner_text()
+    assert "/etc" not in toast.inner_text()
     assert page.page_errors == [] and page.external == []

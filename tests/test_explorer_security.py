@@ -226,7 +226,7 @@ class _Loaded:
 
 def test_explanation_work_is_limited_process_wide(places):
     slow = _Slow()
-    session = Session(loader=lambda name: _Loaded(slow), max_explanations=1)
+    session = Session(loader=lambda name, **_: _Loaded(slow), max_explanations=1)
     gate = PhotoGate([places["uploads"]], BUNDLED_PHOTOS)
     handlers = Handlers(session, models=["slow"], gate=gate)
     photos, keys = [], []

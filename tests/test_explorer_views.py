@@ -102,7 +102,11 @@ def test_the_grid_is_figure_2_in_slider_order(handlers, coffee):
             0.6,
         )
         np.testing.assert_array_equal(picture, small)
-    assert grid[0][1].startswith("0 · Input · 224 x 224 · +")
+    explanation = handlers.session.lookup(coffee)
+    share = 100 * float(explanation.spatial_terms[0].contribution[0]) / viz.total_size(
+        explanation.result
+    )
+    assert grid[0][1] == f"0 · {share:+.1f}%"
 
 
 def test_a_click_on_the_grid_or_a_bar_moves_the_slider_there(handlers, coffee):
