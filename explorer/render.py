@@ -407,7 +407,7 @@ NORMALISATION = (
 )
 """What the Compare tab says under its grid (and the API returns with the timings)."""
 
-_PENDING_GREY = 235
+_PENDING_GREY = viz.PENDING_GREY
 
 
 def method_label(method: str) -> str:
@@ -530,44 +530,33 @@ def score_table(methods: Sequence[str], done: Mapping[str, MethodScore]) -> list
 
 # ------------------------------------------------------------------------ the Sanity tab
 
-SANITY_ALPHA = 0.6
-
 
 def _small(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def _sanity_groups(run: SanityRun) -> list[str]:
+    """The steps of a run: "original", each group randomized so far, "…" for the rest."""
+    pending = run.groups + 1 - len(run.steps)
+    return ["original", *(step.group for step in run.steps[1:])] + ["…"] * pending
+
+
 def sanity_grid(explanation: Explanation, run: SanityRun) -> np.ndarray:
-    """The paper's Fig. 6: one row per method, one column per step (the original model,
-    then each randomized group); a grey panel for a step still to come: uint8 [H,W,3]."""
-    size = SANITY_MAP_SIZE
-    base = _small(explanation.pixels, size)
-    blank = np.full((size, size, 3), _PENDING_GREY, np.uint8)
-    columns = run.groups + 1
-    panels = []
-    for method in run.methods:
-        for index in range(columns):
-            if index < len(run.steps):
-                step = run.steps[index]
-                heat = viz.colorize_unit(viz.robust_normalize(step.maps[method]))
-                picture = viz.blend(base, heat, SANITY_ALPHA)
-                where = step.group
-            else:
-                picture, where = blank, "…"
-            title = f"{method_label(method)} · original" if index == 0 else f"{index}: {where}"
-            panels.append((picture, title))
-    return viz.panel_grid(panels, columns=columns, title_height=18, gap=3)
+    """The paper's Fig. 6 (:func:`tgrad.viz.sanity_grid`) over the photo: one row per
+    method, one column per step; a grey panel for a step still to come."""
+    maps = {method_label(m): [step.maps[m] for step in run.steps] for m in run.methods}
+    return viz.sanity_grid(_sanity_groups(run), maps, SANITY_MAP_SIZE, explanation.pixels)
 
 
 def sanity_curves(run: SanityRun, measure: str) -> Figure:
-    """Similarity to the original map against the randomized groups, one line per method."""
-    groups = ["original", *(f"{i}: {s.group}" for i, s in enumerate(run.steps[1:], 1))]
-    pending = run.groups + 1 - len(run.steps)
-    groups += ["…"] * pending
+    """Similarity to the original map against the randomized groups, one line per method
+    (:func:`tgrad.viz.sanity_curves` for one measure)."""
+    groups = _sanity_groups(run)
+    ticks = [groups[0], *(f"{i}: {g}" for i, g in enumerate(groups[1:], 1))]
     curves = {
         method_label(m): [step.similarity[m][measure] for step in run.steps] for m in run.methods
     }
-    return viz.similarity_figure(groups, curves, measure)
+    return viz.sanity_curves(ticks, {measure: curves})
 
 
 def sanity_numbers(explanation: Explanation, run: SanityRun) -> dict[str, Any]:

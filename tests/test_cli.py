@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from tgrad.cli import main
+from tgrad.models import MODEL_NAMES
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -73,7 +74,7 @@ def test_models_lists_availability(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert re.match(r"efficientnet_lite0\s+yes", lines[0])
-    assert len(lines) == 8
+    assert len(lines) == len(MODEL_NAMES)
 
 
 def test_out_dir_that_is_a_file(tmp_path, capsys):

@@ -278,85 +278,90 @@ def curves_figure(
     return fig
 
 
-def similarity_figure(
-    groups: Sequence[str],
-    curves: Mapping[str, Sequence[float]],
-    measure: str,
-) -> Figure:
-    """The sanity check's curves (the paper's Fig. 6, right): one line per method, the
-    similarity of its map to the original model's against the randomized groups.
-
-    Args:
-        groups: step names, ``"original"`` first, then the group randomized at each step.
-        curves: label -> one similarity per step so far (shorter while a run goes on).
-        measure: the measure's name, for the y axis.
-    """
-    fig = Figure(figsize=(max(5.0, 0.32 * len(groups) + 2.0), 3.8))
-    ax = fig.subplots()
-    for label, values in curves.items():
-        ax.plot(range(len(values)), list(values), marker="o", markersize=3, label=label)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(groups)), list(groups), rotation=90, fontsize=7)
-    ax.set_xlim(-0.5, len(groups) - 0.5)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("randomized up to this group (from the output towards the input)")
-    ax.set_ylabel(f"similarity ({measure})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
+SANITY_ALPHA = 0.6
+"""Opacity of the sanity check's maps over the photo."""
+PENDING_GREY = 235
+"""The grey of a panel whose picture is still to come."""
 
 
 def sanity_grid(
     groups: Sequence[str],
     maps: Mapping[str, Sequence[torch.Tensor]],
     size: int = 112,
+    backdrop: np.ndarray | None = None,
+    cmap: str = DEFAULT_CMAP,
 ) -> np.ndarray:
-    """The maps of a sanity check (SPEC 5): one row per method, one column per step.
+    """The maps of a sanity check (SPEC 5; the paper's Fig. 6): one row per method, one
+    column per step.
 
     Args:
-        groups: the column titles: ``"original"``, then the group randomized at each step.
-        maps: method name -> one map [h,w] per step (any scale, non-negative).
+        groups: the steps: ``"original"``, then the group randomized at each step.
+        maps: row label (a method) -> one map [h,w] per step so far (any scale,
+            non-negative); a row shorter than ``groups`` ends in grey panels (steps still
+            to come).
         size: the side of each panel in pixels (maps are resized bilinearly).
+        backdrop: the photo, uint8 [H,W,3], to draw the maps over (at
+            :data:`SANITY_ALPHA`); None: the maps alone.
     Returns:
         uint8 [H,W,3]; each map scaled by its own 99th percentile
         (:func:`robust_normalize`), since a randomized model's maps differ in scale.
+        Panels are titled ``"<label> · original"``, then ``"<step>: <group>"``.
     """
+    base = None
+    if backdrop is not None:
+        base = np.asarray(Image.fromarray(backdrop).resize((size, size), Image.Resampling.BILINEAR))
+    blank = np.full((size, size, 3), PENDING_GREY, np.uint8)
     panels = []
-    for method, row in maps.items():
-        if len(row) != len(groups):
-            raise ValueError(f"{method} has {len(row)} maps for {len(groups)} steps")
-        for group, saliency in zip(groups, row, strict=True):
-            small = upsample(saliency.detach().float()[None], (size, size))[0]
-            panels.append((colorize_unit(robust_normalize(small)), f"{method}: {group}"))
-    return panel_grid(panels, columns=len(groups), title_height=16)
+    for label, row in maps.items():
+        if len(row) > len(groups):
+            raise ValueError(f"{label} has {len(row)} maps for {len(groups)} steps")
+        for index, group in enumerate(groups):
+            title = f"{label} · original" if index == 0 else f"{index}: {group}"
+            if index >= len(row):
+                panels.append((blank, title))
+                continue
+            small = upsample(row[index].detach().float()[None], (size, size))[0]
+            heat = colorize_unit(robust_normalize(small), cmap)
+            panels.append((heat if base is None else blend(base, heat, SANITY_ALPHA), title))
+    return panel_grid(panels, columns=len(groups), title_height=18, gap=3)
 
 
 def sanity_curves(
     groups: Sequence[str],
     curves: Mapping[str, Mapping[str, Sequence[float]]],
-    title: str = "cascading randomization",
+    title: str = "",
 ) -> Figure:
-    """Similarity to the original map after each step (SPEC 5), one panel per measure.
+    """The sanity check's curves (SPEC 5; the paper's Fig. 6, right): the similarity of
+    each method's map to the original model's against the randomized groups, one panel
+    per measure, one line per method.
 
     Args:
         groups: the x axis: ``"original"``, then the group randomized at each step.
-        curves: measure -> method -> one similarity per step (e.g. a mean over images).
+        curves: measure -> method -> one similarity per step so far (e.g. a mean over
+            images; shorter than ``groups`` while a run goes on).
+        title: above the panels (none when empty).
     """
-    fig = Figure(figsize=(3.6 * len(curves), 3.8))
+    width = max(5.0, 0.32 * len(groups) + 2.0) if len(curves) == 1 else 3.6 * len(curves)
+    fig = Figure(figsize=(width, 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
-    steps = np.arange(len(groups))
     for ax, (measure, by_method) in zip(axes, curves.items(), strict=True):
         for method, values in by_method.items():
+            steps = np.arange(len(values))
             ax.plot(steps, np.asarray(values, dtype=float), marker="o", ms=3, label=method)
-        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xticks(range(len(groups)), list(groups), rotation=90, fontsize=7)
+        ax.set_xlim(-0.5, len(groups) - 0.5)
         ax.set_ylim(-1.05, 1.05)
-        ax.set_xticks(steps, groups, rotation=90, fontsize=6)
         ax.set_title(measure, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("similarity to the original map")
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(title, fontsize=10)
+    if len(curves) == 1:
+        axes[0].set_ylabel(f"similarity to the original map ({next(iter(curves))})")
+        axes[0].set_xlabel("randomized up to this group (from the output towards the input)")
+    else:
+        axes[0].set_ylabel("similarity to the original map")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
