@@ -401,8 +401,8 @@ COMPARE_COLUMNS = 4
 NORMALISATION = (
     f"Every panel uses the same normalisation: the map divided by its own "
     f"{viz.ROBUST_PERCENTILE:g}th percentile and clipped to [0, 1] (so a few extreme pixels "
-    f"cannot wash out the rest), the same colour map ({viz.DEFAULT_CMAP}: blue low, red "
-    f'high) and the same opacity ({COMPARE_ALPHA:g}). "shared" marks the methods that '
+    f"cannot wash out the rest), the same colour map ({viz.DEFAULT_CMAP}: dark purple low, "
+    f'yellow high) and the same opacity ({COMPARE_ALPHA:g}). "shared" marks the methods that '
     f"came out of one forward and backward pass together: the time shown is that pass's."
 )
 """What the Compare tab says under its grid (and the API returns with the timings)."""

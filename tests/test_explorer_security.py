@@ -278,12 +278,14 @@ def call(client: httpx.Client, api: str, data: list) -> tuple[str, object]:
     return event, payload
 
 
-def join(client: httpx.Client, demo: gr.Blocks, name: str, data: list) -> dict:
+def join(
+    client: httpx.Client, demo: gr.Blocks, name: str, data: list, event_data: object = None
+) -> dict:
     """Call a private event as the page does (queue/join by its index); its last message."""
     dependencies = demo.get_config_file()["dependencies"]
     index = next(i for i, d in enumerate(dependencies) if d["api_name"] == name)
     session = uuid.uuid4().hex
-    body = {"data": data, "fn_index": index, "session_hash": session, "event_data": None}
+    body = {"data": data, "fn_index": index, "session_hash": session, "event_data": event_data}
     client.post("/gradio_api/queue/join", json=body).raise_for_status()
     stream = client.get("/gradio_api/queue/data", params={"session_hash": session}).text
     messages = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
@@ -311,6 +313,35 @@ def test_raw_api_values_give_short_messages(server):
     assert event == "error" and payload["error"] == "The opacity must be a number from 0 to 1."
     event, payload = call(client, "explain", [photo, DEFAULT_MODEL, "x" * 100_000, 0.5])
     assert event == "error" and len(payload["error"]) < 200
+
+
+def test_raw_events_of_the_classroom_extras_check_their_values(server, places):
+    """The colour map, the jump to a layer, the link and the figures, sent by hand."""
+    demo, client = server
+    photo = {"path": str(PHOTOS["coffee"])}
+    view = ["", 0, render.ALONE, 0.5]
+    done = join(client, demo, "render_colours", [*view, photo, "<img src=x>"])
+    assert not done["success"]
+    assert done["output"]["error"] == "The colour map must be one of: viridis, jet."
+    done = join(client, demo, "figures", [*view, {"path": "/etc/hostname"}, "jet"])
+    assert not done["success"] and done["output"]["error"] == UNUSABLE
+    done = join(client, demo, "figures", [*view, None, None])
+    assert not done["success"] and done["output"]["error"].startswith("Explain a photo first")
+    for index in ("9" * 5000, "1e400", "abc", {"a": 1}):
+        done = join(client, demo, "jump", ["x"], {"index": index, "value": None})
+        assert not done["success"], index
+        assert done["output"]["error"] == "The layer position must be a number from 0 to 1e+06."
+    skipped = {"__type__": "update"}  # gr.skip(): the slider stays where it is
+    done = join(client, demo, "jump", ["x"], {"index": [1, 2, 3], "value": None})
+    assert done["success"] and done["output"]["data"] == [skipped]
+    done = join(client, demo, "view_link", ["x" * 100_000, "nan", "evil", "jet"])
+    assert not done["success"]
+    assert done["output"]["error"] == "The layer position must be a number from 0 to 1e+06."
+    # a real figures download through the page's event: a zip in Gradio's cache
+    event, payload = call(client, "explain", [photo, DEFAULT_MODEL, None, 0.5])
+    assert event == "complete"
+    done = join(client, demo, "figures", [payload[3], 3, render.ALONE, 0.5, photo, "jet"])
+    assert done["success"] and done["output"]["data"][0]["path"].endswith(".zip")
 
 
 def test_only_the_photos_are_served(server):
