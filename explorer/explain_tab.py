@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import render
+from explorer import render, widgets
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import MAX_TARGET_TEXT
 from tgrad import viz
@@ -206,10 +206,13 @@ def build(
         query = gr.Textbox(visible=False, elem_id="view-query")
         requested = gr.State(0)
 
+    for picture in (overlay, layer_image, gallery):  # sent on every step: encode fast
+        widgets.fast_png(picture)
     explain_inputs = [image, model, target, opacity]
     explain_outputs = [overlay, top5, decomposition, key]
     view_inputs = [key, layer, mode, opacity, image, cmap]
-    layer_outputs = [layer, layer_image, caption, chart, summary, overlay, gallery]
+    layer_outputs = [layer, layer_image, caption, chart, summary, overlay]
+    grid_inputs = [key, image, cmap]
     # preprocess=False: the photo reaches the handlers as Gradio's file payload, not
     # opened by gr.Image with PIL first (which turns a text file named .jpg into a
     # bare "Error"); tgrad.images.load_image decodes it and explains any problem.
@@ -232,7 +235,9 @@ def build(
         concurrency_id="explain",
         concurrency_limit=2,
         **raw,
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
+        handlers.show_grid, grid_inputs, gallery, **private
+    )
 
     again: dict[str, Any] = {
         "api_visibility": "private",
@@ -252,16 +257,24 @@ def build(
         trigger_mode="always_last",
     ).success(*check, **private).success(
         handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
+        handlers.show_grid, grid_inputs, gallery, **private
+    )
     target.submit(*check, **private).success(
         handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
+        handlers.show_grid, grid_inputs, gallery, **private
+    )
     top5.select(handlers.pick_target, None, target, **private).success(
         handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
+        handlers.show_grid, grid_inputs, gallery, **private
+    )
     examples.load_input_event.success(  # a bundled photo is explained on click
         handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private)
+    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
+        handlers.show_grid, grid_inputs, gallery, **private
+    )
     gr.on(
         [layer.change, mode.change],
         handlers.render_layer,
@@ -282,15 +295,17 @@ def build(
     # a new photo starts at the input term (in the browser: no round trip)
     image.change(None, None, layer, js="() => 0", api_visibility="private", queue=False)
 
-    # the address bar follows the view; a link reopens it
+    # the address bar follows the view: the server writes the link when an explanation
+    # is shown; slider, view and colour map steps only edit it in the browser
+    key.change(handlers.view_link, [key, layer, mode, cmap], query, **private)
     gr.on(
-        [key.change, layer.change, mode.change, cmap.change],
-        handlers.view_link,
-        [key, layer, mode, cmap],
-        query,
-        **{**private, "trigger_mode": "always_last"},
+        [query.change, layer.change, mode.change, cmap.change],
+        None,
+        [query, layer, mode, cmap],
+        link,
+        js=render.ADDRESS_BAR_JS,
+        queue=False,
     )
-    query.change(None, [query], link, js=render.ADDRESS_BAR_JS, queue=False)
     if demo is not None:
         demo.load(
             handlers.open_link, None, [image, model, target, requested, mode, cmap], **private

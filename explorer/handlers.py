@@ -289,27 +289,32 @@ class Handlers:
         image: Photo = None,
         cmap: str | None = None,
     ) -> tuple[Any, ...]:
-        """After an explanation: size the layer slider, draw the layer view, the summary
-        and the grid of every layer's map, and redraw the overlay (in the page's colour
-        map, titled with the class it explains)."""
+        """After an explanation: size the layer slider, draw the layer view and the
+        summary, and title the overlay with the class it explains (redrawing it when the
+        page's colour map is not the one ``/explain`` draws with)."""
         position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
         explanation = self._cached(key, image)
         if explanation is None:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 6
         index = explanation.clamp(position)
         slider = gr.update(maximum=explanation.positions - 1, value=index, interactive=True)
+        overlay: dict[str, Any] = {"label": render.overlay_title(explanation)}
+        if cmap != viz.DEFAULT_CMAP:
+            overlay["value"] = render.saliency_overlay(explanation, opacity, cmap)
         return (
             slider,
             render.layer_overlay(explanation, index, mode, opacity, cmap),
             render.layer_caption(explanation, index, mode),
             render.chart_html(explanation, index, mode),
             render.summary(explanation),
-            gr.update(
-                value=render.saliency_overlay(explanation, opacity, cmap),
-                label=render.overlay_title(explanation),
-            ),
-            render.layer_gallery(explanation, cmap),
+            gr.update(**overlay),
         )
+
+    def show_grid(self, key: str | None, image: Photo = None, cmap: str | None = None) -> Any:
+        """After the layer view: the grid of every layer's map (the paper's Fig. 2)."""
+        _, _, _, cmap = self._view(None, None, None, cmap)
+        explanation = self._cached(key, image)
+        return gr.skip() if explanation is None else render.layer_gallery(explanation, cmap)
 
     def render_layer(
         self,

@@ -9,6 +9,7 @@ matplotlib figure costs 0.3 to 0.5 s per step.
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from tgrad.tgrad import upsample
 ALONE = "this layer alone"
 CUMULATIVE = "everything up to here"
 MODES = (ALONE, CUMULATIVE)
+QUERY_MODES = {"alone": ALONE, "cumulative": CUMULATIVE}
+"""The ``mode`` values of a link (:mod:`explorer.share`) and the view each stands for."""
 
 
 def is_cumulative(mode: str | None) -> bool:
@@ -86,7 +89,7 @@ def _alpha(alpha: float | None) -> float:
 
 
 def _share(explanation: Explanation, value: float) -> str:
-    return viz.share_text(value, viz.total_size(explanation.result))
+    return viz.share_text(value, explanation.total_size)
 
 
 def term_html(explanation: Explanation, term_index: int) -> str:
@@ -150,7 +153,7 @@ def layer_gallery(
     slider order, each captioned with its position and its share, ``"4 · +1.2%"`` (a
     click on picture k moves the slider to k, where the caption names the layer)."""
     base = _small(explanation.pixels, GALLERY_SIZE)
-    total = viz.total_size(explanation.result)
+    total = explanation.total_size
     pictures = []
     for position, term_index in enumerate(explanation.term_indices):
         term = explanation.result.terms[term_index]
@@ -220,7 +223,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
     plus ``gap`` sum to ``logit``.
     """
     logit = explanation.logit
-    total = viz.total_size(explanation.result)
+    total = explanation.total_size
     rows = []
     for term in explanation.result.terms:
         value = float(term.contribution[0])
@@ -282,16 +285,22 @@ CHART_CSS = """
 """Styles of :func:`chart_html`, scoped to its ``gr.HTML`` through ``css_template``."""
 
 ADDRESS_BAR_JS = """
-(query) => {
+(query, layer, mode, cmap) => {
   if (!query) return window.location.href;
+  const params = new URLSearchParams(query);
+  const modes = MODES;
+  params.set('layer', String(layer));
+  if (mode in modes) params.set('mode', modes[mode]);
+  params.set('cmap', cmap);
   const url = new URL(window.location.href);
-  url.search = query;
+  url.search = '?' + params.toString();
   window.history.replaceState(null, '', url);
   return url.toString();
 }
-"""
-"""Puts a view's query string (:func:`explorer.share.view_query`) in the address bar
-and returns the whole link, for the page's link box."""
+""".replace("MODES", json.dumps({shown: name for name, shown in QUERY_MODES.items()}))
+"""Puts the view's link in the address bar and returns it for the page's link box: the
+server's query string for the explanation shown (:func:`explorer.share.view_query`),
+with the slider position, view and colour map as they are now in the page."""
 
 CHART_JS = """
 element.addEventListener('click', (event) => {
@@ -357,7 +366,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         f"Logit {logit:.3f} = sum of {len(terms)} terms (completeness gap "
         f"{explanation.gap:.1e}). Highlighted: <b>{term_html(explanation, current)}</b>, "
         f"{value:+.3f} logit units ({_share(explanation, value)}). Shares are of the sum "
-        f"of the absolute sizes of all terms, {viz.total_size(result):.3f}, which stays "
+        f"of the absolute sizes of all terms, {explanation.total_size:.3f}, which stays "
         "meaningful when the logit is small or negative."
     )
     label = (

@@ -43,7 +43,7 @@ from tgrad.models import (
     zoo,
 )
 from tgrad.tgrad import TGrad, TGradResult, upsample
-from tgrad.viz import to_uint8_image
+from tgrad.viz import to_uint8_image, total_size
 
 TOP1 = "top-1 (predicted)"
 """The target picker's first choice: explain whatever the model predicts."""
@@ -272,6 +272,11 @@ class Explanation:
     @property
     def gap(self) -> float:
         return float(self.result.gap[0])
+
+    @cached_property
+    def total_size(self) -> float:
+        """The sum of the absolute contributions of all terms: what shares are of."""
+        return total_size(self.result)
 
     def title(self, term_index: int) -> str:
         """The readable name of ``result.terms[term_index]`` (its module path if none)."""

@@ -28,8 +28,7 @@ from explorer import render
 from explorer.session import Explanation
 from tgrad import viz
 
-QUERY_MODES = {"alone": render.ALONE, "cumulative": render.CUMULATIVE}
-"""The ``mode`` values of a link and the view each stands for."""
+QUERY_MODES = render.QUERY_MODES
 MAX_QUERY_VALUE = 64
 """Longer values in a link are refused without being looked at."""
 _INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: int() also reads "²" and "٣"

@@ -165,11 +165,16 @@ def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
 
 
 def test_show_layers_sizes_the_slider(handlers, coffee):
-    slider, image, _, chart, summary, title, grid = handlers.show_layers(
+    slider, image, _, chart, summary, title = handlers.show_layers(
         coffee[3], 500, render.ALONE, 0.5
     )
-    assert title["label"] == "T-Grad saliency for 967: espresso (efficientnet_lite0)"
-    np.testing.assert_array_equal(title["value"], coffee[0])  # same colours as /explain's
+    assert title == gr.update(label="T-Grad saliency for 967: espresso (efficientnet_lite0)")
+    # the page's colour map is not /explain's: the overlay is redrawn in it
+    jet = handlers.show_layers(coffee[3], 500, render.ALONE, 0.5, None, "jet")[5]
+    np.testing.assert_array_equal(
+        jet["value"], render.saliency_overlay(handlers.session.lookup(coffee[3]), 0.5, "jet")
+    )
+    grid = handlers.show_grid(coffee[3], None, None)
     assert slider["maximum"] == 49 and slider["value"] == 49 and slider["interactive"]
     assert image.shape == (448, 448, 3)
     # the paper's Fig. 2: one picture per slider position, captioned with its position
@@ -317,7 +322,8 @@ def test_empty_state(handlers, coffee, state):
     # nothing to show and nothing to recompute from: nothing changes
     assert handlers.render_layer(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 3
     assert handlers.render_opacity(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 2
-    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 7
+    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 6
+    assert handlers.show_grid(state) == gr.skip()
     # with the photo at hand (cached examples), the top-1 explanation is shown
     photo = str(PHOTOS["coffee"])
     image, caption, _ = handlers.render_layer(state, 3, render.ALONE, 0.5, photo)
@@ -335,7 +341,7 @@ def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
     handlers.explain(str(PHOTOS["rocket"]))  # evicts the cup
     assert session.lookup(key) is None
     # the page still shows the same photo: recomputed, with the cup as the target
-    slider, _, _, _, summary, _, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
+    slider, _, _, _, summary, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
     assert "968: cup" in summary and slider["maximum"] == 49
     assert session.lookup(key) is not None
     # a new photo was uploaded but not explained yet: nothing is redrawn

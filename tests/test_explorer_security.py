@@ -140,7 +140,7 @@ def test_every_photo_event_uses_the_gate(handlers, places):
     for event, outputs in (
         (handlers.render_layer, 3),
         (handlers.render_opacity, 2),
-        (handlers.show_layers, 7),
+        (handlers.show_layers, 6),
     ):
         with pytest.raises(gr.Error, match=UNUSABLE_RE):
             event("", 0, render.ALONE, 0.5, outside)

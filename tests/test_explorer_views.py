@@ -103,8 +103,10 @@ def test_the_grid_is_figure_2_in_slider_order(handlers, coffee):
         )
         np.testing.assert_array_equal(picture, small)
     explanation = handlers.session.lookup(coffee)
-    share = 100 * float(explanation.spatial_terms[0].contribution[0]) / viz.total_size(
-        explanation.result
+    share = (
+        100
+        * float(explanation.spatial_terms[0].contribution[0])
+        / viz.total_size(explanation.result)
     )
     assert grid[0][1] == f"0 · {share:+.1f}%"
 
@@ -248,3 +250,21 @@ def share_folder() -> Path:
 def test_figures_need_an_explanation(handlers):
     with pytest.raises(gr.Error, match="Explain a photo first"):
         handlers.figures("", 0, render.ALONE, 0.5, None, None)
+
+
+# ------------------------------------------------------------------ the fast PNG writers
+
+
+def test_fast_pictures_are_lossless():
+    from explorer.widgets import fast_png
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)  # incompressible: any loss shows
+    data = fast_png(gr.Image(format="png")).postprocess(noise)
+    np.testing.assert_array_equal(np.asarray(Image.open(data.path)), noise)
+    gallery = fast_png(gr.Gallery(format="png"))
+    out = gallery.postprocess([(noise, "0 · +1.0%"), (noise[::-1].copy(), "1 · -2.0%")])
+    pictures = [np.asarray(Image.open(item.image.path)) for item in out.root]
+    np.testing.assert_array_equal(pictures[0], noise)
+    np.testing.assert_array_equal(pictures[1], noise[::-1])
+    assert [item.caption for item in out.root] == ["0 · +1.0%", "1 · -2.0%"]

@@ -128,3 +128,17 @@ def test_panel_grid_places_every_panel_under_its_title():
     assert (grid[36 + 12 :, 2 * 34 :] == 255).all()  # the sixth cell is empty: white
     with pytest.raises(ValueError, match="not"):
         viz.panel_grid([panels[0], (np.zeros((5, 5, 3), np.uint8), "small")])
+
+
+@pytest.mark.parametrize("cmap", ["viridis", "jet"])
+def test_colorize_unit_gives_matplotlibs_colours_exactly(cmap):
+    import matplotlib
+
+    values = torch.cat(
+        [
+            torch.rand(10_000, generator=torch.Generator().manual_seed(0)),
+            torch.tensor([0.0, 1.0, 1 - 1e-7, 0.5, 1 / 256, 255 / 256]),
+        ]
+    )[None]
+    expected = (matplotlib.colormaps[cmap](values.numpy())[..., :3] * 255).round()
+    np.testing.assert_array_equal(viz.colorize_unit(values, cmap), expected.astype(np.uint8))
