@@ -61,7 +61,19 @@ DISPLAY_SCALE = 2
 """The Explain tab's pictures are drawn over the photo at this many times the model's
 input size (448 px for a 224 px model): maps are upsampled smoothly anyway, but the
 photo under them stays sharp on a projector. Twice, not more: each slider step sends
-one such PNG (about 300 kB at 448 px)."""
+one such PNG (about 260 kB at 448 px), and a step takes longer in the browser
+(``benchmarks/bench_explorer.py`` times 1 against 2). ``EXPLORER_DISPLAY_SCALE`` (1, 2
+or 3) changes it, e.g. to 1 for a slow network."""
+DISPLAY_SCALES = (1, 2, 3)
+
+
+def display_scale() -> int:
+    """``EXPLORER_DISPLAY_SCALE`` if it is one of :data:`DISPLAY_SCALES`, else
+    :data:`DISPLAY_SCALE`."""
+    value = os.environ.get("EXPLORER_DISPLAY_SCALE", "").strip()
+    return int(value) if value in {str(s) for s in DISPLAY_SCALES} else DISPLAY_SCALE
+
+
 """Side of the maps a cascade keeps: the grid shows many small panels."""
 MAX_SANITY_RUNS = 4
 SANITY_SEED = 0
@@ -436,8 +448,11 @@ class Session:
         loader: Callable[[str], LoadedModel] = load_model,
         max_concurrent: int = MAX_CONCURRENT_EXPLANATIONS,
         max_maps: int = MAX_METHOD_MAPS,
+        display: int | None = None,
     ) -> None:
         self.models = ModelCache(max_models, loader)
+        self.display = display_scale() if display is None else display
+        """How many times the model's input size the Explain tab's pictures are drawn."""
         self.explanations: LRU[str, Explanation] = LRU(max_explanations)
         self.computed = 0
         """How many explanations were computed (cache misses), for tests and logs."""
@@ -497,7 +512,7 @@ class Session:
             result = entry.explainer(x, target_index)
             seconds = time.perf_counter() - start
             pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
-            display = display_crop(photo, entry.loaded.preprocessing)
+            display = display_crop(photo, entry.loaded.preprocessing, self.display)
             del photo
         labels = tuple(layer_labels(entry.loaded.module, result.terms))
         explanation = Explanation(

@@ -40,11 +40,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(log_path: os.PathLike) -> tuple[subprocess.Popen, str]:
+def start_app(
+    log_path: os.PathLike, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """``python app.py`` on a free port; returns the process and its URL once it answers."""
     port = free_port()
     env = dict(
         os.environ,
+        **(extra_env or {}),
         GRADIO_SERVER_NAME="127.0.0.1",
         GRADIO_SERVER_PORT=str(port),
         GRADIO_SSR_MODE="False",
@@ -388,9 +391,7 @@ def test_a_link_reopens_a_view_the_grid_and_bars_move_the_slider(page, server):
     href.wait_for(state="attached")
     body = page.request.get(href.get_attribute("href")).body()
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
-        assert {"overlay.png", "layers.png", "chart.png", "numbers.json"} <= set(
-            archive.namelist()
-        )
+        assert {"overlay.png", "layers.png", "chart.png", "numbers.json"} <= set(archive.namelist())
         assert json.loads(archive.read("numbers.json"))["view"]["position"] == 30
 
     # a new photo starts again at the input term

@@ -268,3 +268,22 @@ def test_fast_pictures_are_lossless():
     np.testing.assert_array_equal(pictures[0], noise)
     np.testing.assert_array_equal(pictures[1], noise[::-1])
     assert [item.caption for item in out.root] == ["0 · +1.0%", "1 · -2.0%"]
+
+
+def test_the_display_scale_comes_from_the_environment_when_it_is_sensible(monkeypatch):
+    from explorer.session import DISPLAY_SCALE, display_scale
+
+    for value, expected in (
+        ("1", 1),
+        ("3", 3),
+        ("", DISPLAY_SCALE),
+        ("9", DISPLAY_SCALE),
+        ("1.5", DISPLAY_SCALE),
+        ("²", DISPLAY_SCALE),
+        ("-1", DISPLAY_SCALE),
+    ):
+        monkeypatch.setenv("EXPLORER_DISPLAY_SCALE", value)
+        assert display_scale() == expected, value
+    small = Session(display=1).explain(PHOTOS["coffee"].read_bytes())
+    assert small.backdrop.shape == (224, 224, 3)
+    np.testing.assert_array_equal(small.backdrop, small.pixels)  # the model's own input
