@@ -158,3 +158,21 @@ def test_offline_a_model_not_offered_is_refused_and_nothing_downloads(offline, m
     for name in ("vgg16", "mobilenet_v2", "../efficientnet_lite0"):
         with pytest.raises(gr.Error, match="The model must be one of: efficientnet_lite0, "):
             handlers.prepare_model(name, lambda *a, **k: None)
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
+)
+def test_the_page_explains_with_each_packaged_model_at_its_own_size(offline, name, size):
+    handlers = Handlers(Session(), LITE)
+    overlay, top5, decomposition, key = handlers.explain(str(PHOTOS["coffee"]), name, None, 0.5)
+    assert overlay.shape == (2 * size, 2 * size, 3)  # drawn at twice the model's input
+    assert next(iter(top5)) == "967: espresso ← explained"
+    assert decomposition["terms"][0]["grid"] == [size, size]
+    total = sum(row["contribution"] for row in decomposition["terms"])
+    assert abs(total + decomposition["gap"] - decomposition["logit"]) < 1e-4
+    explanation = handlers.session.lookup(key)
+    last = explanation.title(explanation.term_indices[-1])
+    side = -(-size // 32)  # five stride-2 stages: ceil(size / 32)
+    assert last == f"Head · 1x1 conv · {side} x {side}"
+    assert len(handlers.show_grid(key)) == explanation.positions
