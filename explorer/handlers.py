@@ -25,7 +25,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -89,6 +89,17 @@ def _unavailable(model: str, error: WeightsUnavailableError) -> gr.Error:
         "The server's log says which file to put where.",
         "Model not available",
     )
+
+
+class Shown(NamedTuple):
+    """What a view event draws: the explanation (None: nothing to show), the slider
+    position clamped to it, and the view controls, checked."""
+
+    explanation: Explanation | None
+    index: int
+    mode: str
+    opacity: float
+    cmap: str
 
 
 Photo = str | dict | None
@@ -280,6 +291,22 @@ class Handlers:
             choice(cmap, list(viz.CMAPS), "The colour map", viz.DEFAULT_CMAP),
         )
 
+    def _shown(
+        self,
+        key: object,
+        image: Photo,
+        position: object,
+        mode: object,
+        opacity: object,
+        cmap: object,
+    ) -> Shown:
+        """The view controls checked, and the explanation they show (None: nothing to
+        show), at the slider position clamped to it."""
+        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
+        explanation = self._cached(key if isinstance(key, str) else None, image)
+        index = 0 if explanation is None else explanation.clamp(position)
+        return Shown(explanation, index, mode, opacity, cmap)
+
     def show_layers(
         self,
         key: str | None,
@@ -292,11 +319,11 @@ class Handlers:
         """After an explanation: size the layer slider, draw the layer view and the
         summary, and title the overlay with the class it explains (redrawing it when the
         page's colour map is not the one ``/explain`` draws with)."""
-        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
-        explanation = self._cached(key, image)
+        explanation, index, mode, opacity, cmap = self._shown(
+            key, image, position, mode, opacity, cmap
+        )
         if explanation is None:
             return (gr.skip(),) * 6
-        index = explanation.clamp(position)
         slider = gr.update(maximum=explanation.positions - 1, value=index, interactive=True)
         overlay: dict[str, Any] = {"label": render.overlay_title(explanation)}
         if cmap != viz.DEFAULT_CMAP:
@@ -326,11 +353,11 @@ class Handlers:
         cmap: str | None = None,
     ) -> tuple[Any, ...]:
         """Layer slider or mode moved: (layer overlay, caption, chart)."""
-        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
-        explanation = self._cached(key, image)
+        explanation, index, mode, opacity, cmap = self._shown(
+            key, image, position, mode, opacity, cmap
+        )
         if explanation is None:
             return (gr.skip(),) * 3
-        index = explanation.clamp(position)
         return (
             render.layer_overlay(explanation, index, mode, opacity, cmap),
             render.layer_caption(explanation, index, mode),
@@ -347,11 +374,11 @@ class Handlers:
         cmap: str | None = None,
     ) -> tuple[Any, ...]:
         """Opacity moved: (saliency overlay, layer overlay)."""
-        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
-        explanation = self._cached(key, image)
+        explanation, index, mode, opacity, cmap = self._shown(
+            key, image, position, mode, opacity, cmap
+        )
         if explanation is None:
             return (gr.skip(),) * 2
-        index = explanation.clamp(position)
         return (
             render.saliency_overlay(explanation, opacity, cmap),
             render.layer_overlay(explanation, index, mode, opacity, cmap),
@@ -368,12 +395,12 @@ class Handlers:
     ) -> tuple[Any, ...]:
         """Colour map changed: (colour bar, its caption, saliency overlay, layer overlay,
         layer grid); the last three only when there is an explanation."""
-        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
+        explanation, index, mode, opacity, cmap = self._shown(
+            key, image, position, mode, opacity, cmap
+        )
         legend = (viz.colorbar_pixels(cmap), render.colour_scale(cmap))
-        explanation = self._cached(key, image)
         if explanation is None:
             return (*legend, *(gr.skip(),) * 3)
-        index = explanation.clamp(position)
         return (
             *legend,
             render.saliency_overlay(explanation, opacity, cmap),
@@ -439,13 +466,13 @@ class Handlers:
         cmap: str | None = None,
     ) -> str:
         """Download figures: the view's figures in a zip (:func:`explorer.share.figures_zip`)."""
-        position, mode, opacity, cmap = self._view(position, mode, opacity, cmap)
-        explanation = self._cached(key, image)
+        explanation, index, mode, opacity, cmap = self._shown(
+            key, image, position, mode, opacity, cmap
+        )
         if explanation is None:
             raise _user_error(
                 "Explain a photo first: the figures are of what is shown.", "Nothing yet"
             )
-        index = explanation.clamp(position)
         data = share.figures_zip(explanation, index, mode, opacity, cmap)
         name = f"t-grad-{explanation.model}-class{explanation.target}-position{index}"
         return str(share.save_figures(FIGURES_DIR, name, data))
