@@ -23,6 +23,7 @@ import logging
 import math
 import tempfile
 import threading
+import urllib.error
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,6 +85,13 @@ def _unavailable(model: str, error: WeightsUnavailableError) -> gr.Error:
     """A model's weights cannot be had: the whole story (file, path) goes to the server's
     log, for whoever runs it; the page says so without a path."""
     log.warning("model %s unavailable: %s", model, error)
+    if isinstance(error.__cause__, (urllib.error.URLError, ConnectionError, TimeoutError)):
+        return _user_error(
+            f"The weights of {model} could not be downloaded: this server cannot reach "
+            "the network. Pick a model that is on this machine (starting the server with "
+            "TGRAD_OFFLINE=1 lists only those).",
+            "No network",
+        )
     return _user_error(
         f"The weights of {model} are not on this server and cannot be downloaded now. "
         "The server's log says which file to put where.",

@@ -149,6 +149,23 @@ def test_a_failed_download_says_so_without_a_path(online, monkeypatch, caplog):
     assert list(online.glob("*")) == []  # nothing half-written is left
 
 
+def test_without_a_network_the_message_says_so_and_what_to_do(online, monkeypatch):
+    import urllib.error
+
+    def unreachable(url, destination, progress):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(models, "_fetch", unreachable)
+    handlers = Handlers(Session(), [m.name for m in offered_models()])
+    with pytest.raises(gr.Error) as caught:
+        handlers.prepare_model("vgg16", lambda *a, **k: None)
+    assert caught.value.message.startswith(
+        "The weights of vgg16 could not be downloaded: this server cannot reach the network."
+    )
+    assert "TGRAD_OFFLINE=1" in caught.value.message and "Errno" not in caught.value.message
+    assert list(online.glob("*")) == []
+
+
 def test_offline_a_model_not_offered_is_refused_and_nothing_downloads(offline, monkeypatch):
     def refuse(*args):
         raise AssertionError("a download was attempted")
