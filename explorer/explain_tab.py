@@ -307,6 +307,7 @@ def build(
         queue=False,
     )
     if demo is not None:
+        demo.load(handlers.prepare_model, [model], model_note, **private)  # what it is
         demo.load(
             handlers.open_link, None, [image, model, target, requested, mode, cmap], **private
         ).success(handlers.explain_if_photo, explain_inputs, explain_outputs, **again).success(

@@ -411,3 +411,12 @@ def test_a_hostile_link_says_what_it_ignored(page, server):
     assert "photo, class could not be used and were ignored" in toast.inner_text()
     assert "/etc" not in toast.inner_text()
     assert page.page_errors == [] and page.external == []
+
+
+def test_the_model_picker_says_what_the_model_is(page):
+    page.wait_for_function(
+        "() => document.querySelector('#model-note')?.innerText.includes('M parameters')"
+    )
+    note = page.locator("#model-note").inner_text()
+    assert "efficientnet_lite0" in note and "224 x 224 px centre crop" in note
+    assert page.page_errors == [] and page.external == []
