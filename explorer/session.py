@@ -26,8 +26,6 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 from tgrad.decompose import Term
 from tgrad.images import load_image
@@ -38,7 +36,6 @@ from tgrad.models import (
     DownloadProgress,
     LoadedModel,
     ModelInfo,
-    Preprocessing,
     load_model,
     zoo,
 )
@@ -57,6 +54,7 @@ STOP_CHUNK = 8
 MAX_METHOD_MAPS = 128
 """Method maps kept for the Compare tab (a 224 x 224 map is 200 KB: 128 are 25 MB)."""
 SANITY_MAP_SIZE = 112
+"""Side of the maps a cascade keeps: the grid shows many small panels."""
 DISPLAY_SCALE = 2
 """The Explain tab's pictures are drawn over the photo at this many times the model's
 input size (448 px for a 224 px model): maps are upsampled smoothly anyway, but the
@@ -65,6 +63,12 @@ one such PNG (about 260 kB at 448 px), and a step takes longer in the browser
 (``benchmarks/bench_explorer.py`` times 1 against 2). ``EXPLORER_DISPLAY_SCALE`` (1, 2
 or 3) changes it, e.g. to 1 for a slow network."""
 DISPLAY_SCALES = (1, 2, 3)
+MAX_SANITY_RUNS = 4
+SANITY_SEED = 0
+MAX_KEY_LENGTH = 200
+"""The longest cache key (a 32-digit hash, a model name, a class index)."""
+MAX_TARGET_TEXT = 120
+"""The longest class text accepted from a user (the longest ImageNet name has 86)."""
 
 
 def display_scale() -> int:
@@ -73,14 +77,6 @@ def display_scale() -> int:
     value = os.environ.get("EXPLORER_DISPLAY_SCALE", "").strip()
     return int(value) if value in {str(s) for s in DISPLAY_SCALES} else DISPLAY_SCALE
 
-
-"""Side of the maps a cascade keeps: the grid shows many small panels."""
-MAX_SANITY_RUNS = 4
-SANITY_SEED = 0
-MAX_KEY_LENGTH = 200
-"""The longest cache key (a 32-digit hash, a model name, a class index)."""
-MAX_TARGET_TEXT = 120
-"""The longest class text accepted from a user (the longest ImageNet name has 86)."""
 
 Progress = Callable[[float, str], None]
 """``progress(fraction done, what is happening)``."""
@@ -320,21 +316,6 @@ class Explanation:
         return layer[0]
 
 
-def display_crop(
-    photo: Image.Image, preprocessing: Preprocessing, scale: int = DISPLAY_SCALE
-) -> np.ndarray:
-    """The region of ``photo`` the model sees, at ``scale`` times its input size.
-
-    ``preprocessing`` resizes the shorter side to ``resize`` and takes the centre
-    ``crop``; resizing to ``scale * resize`` and cropping ``scale * crop`` is the same
-    region, with ``scale`` times the pixels. uint8 [H,W,3].
-    """
-    mode = TF.InterpolationMode(preprocessing.interpolation)
-    size = [scale * preprocessing.resize]
-    resized = TF.resize(photo.convert("RGB"), size, interpolation=mode, antialias=True)
-    return np.asarray(TF.center_crop(resized, [scale * preprocessing.crop]))
-
-
 def content_digest(data: bytes) -> str:
     """A hash of a file's bytes (hex)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -512,7 +493,7 @@ class Session:
             result = entry.explainer(x, target_index)
             seconds = time.perf_counter() - start
             pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
-            display = display_crop(photo, entry.loaded.preprocessing, self.display)
+            display = np.asarray(entry.loaded.preprocessing.crop_image(photo, self.display))
             del photo
         labels = tuple(layer_labels(entry.loaded.module, result.terms))
         explanation = Explanation(

@@ -77,11 +77,21 @@ class Preprocessing:
         Returns:
             float32 tensor ``[3, crop, crop]`` in normalised space, on the CPU.
         """
-        mode = TF.InterpolationMode(self.interpolation)
-        resized = TF.resize(image.convert("RGB"), [self.resize], interpolation=mode, antialias=True)
-        cropped = TF.center_crop(resized, [self.crop])
-        pixels = TF.convert_image_dtype(TF.pil_to_tensor(cropped), torch.float32)
+        pixels = TF.convert_image_dtype(TF.pil_to_tensor(self.crop_image(image)), torch.float32)
         return self.normalize(pixels)
+
+    def crop_image(self, image: Image.Image, scale: int = 1) -> Image.Image:
+        """The region of ``image`` the model sees, as an RGB PIL image, at ``scale`` times
+        the model's input size (``scale * crop`` pixels a side).
+
+        Resizes the shorter side to ``scale * resize`` (PIL, antialiased) and takes the
+        centre ``scale * crop`` square: the same region as at ``scale=1``, with ``scale``
+        times the pixels (for pictures drawn larger than the model's input).
+        """
+        mode = TF.InterpolationMode(self.interpolation)
+        size = [scale * self.resize]
+        resized = TF.resize(image.convert("RGB"), size, interpolation=mode, antialias=True)
+        return TF.center_crop(resized, [scale * self.crop])
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel space -> normalised space: ``(pixels - mean) / std``.
