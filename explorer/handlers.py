@@ -347,8 +347,7 @@ class Handlers:
 
     def show_grid(self, key: str | None, image: Photo = None, cmap: str | None = None) -> Any:
         """After the layer view: the grid of every layer's map (the paper's Fig. 2)."""
-        _, _, _, cmap = self._view(None, None, None, cmap)
-        explanation = self._cached(key, image)
+        explanation, _, _, _, cmap = self._shown(key, image, None, None, None, cmap)
         return gr.skip() if explanation is None else render.layer_gallery(explanation, cmap)
 
     def render_layer(

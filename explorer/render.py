@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 
 from explorer.session import (
     SANITY_MAP_SIZE,
@@ -152,7 +151,7 @@ def layer_gallery(
     """The paper's Fig. 2: every slider position's own map over the photo, small, in
     slider order, each captioned with its position and its share, ``"4 · +1.2%"`` (a
     click on picture k moves the slider to k, where the caption names the layer)."""
-    base = _small(explanation.pixels, GALLERY_SIZE)
+    base = viz.thumbnail(explanation.pixels, GALLERY_SIZE)
     total = explanation.total_size
     pictures = []
     for position, term_index in enumerate(explanation.term_indices):
@@ -538,10 +537,6 @@ def score_table(methods: Sequence[str], done: Mapping[str, MethodScore]) -> list
 
 
 # ------------------------------------------------------------------------ the Sanity tab
-
-
-def _small(pixels: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _sanity_groups(run: SanityRun) -> list[str]:

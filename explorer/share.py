@@ -128,7 +128,7 @@ def figures_zip(
     view)."""
     term_index = explanation.term_indices[position]
     numbers = render.decomposition(explanation)
-    for row, index in zip(numbers["terms"], range(len(explanation.result.terms)), strict=True):
+    for index, row in enumerate(numbers["terms"]):
         row["title"] = explanation.title(index)
     numbers["view"] = {
         "position": position,

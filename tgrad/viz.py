@@ -292,6 +292,11 @@ def curves_figure(
     return fig
 
 
+def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 [H,W,3] picture resized (bilinear) to ``size`` x ``size``."""
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
 SANITY_ALPHA = 0.6
 """Opacity of the sanity check's maps over the photo."""
 PENDING_GREY = 235
@@ -323,7 +328,7 @@ def sanity_grid(
     """
     base = None
     if backdrop is not None:
-        base = np.asarray(Image.fromarray(backdrop).resize((size, size), Image.Resampling.BILINEAR))
+        base = thumbnail(backdrop, size)
     blank = np.full((size, size, 3), PENDING_GREY, np.uint8)
     panels = []
     for label, row in maps.items():
