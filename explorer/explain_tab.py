@@ -226,19 +226,6 @@ def build(
     }
 
     check = (handlers.check_target, [model, target], None)
-    explain_button.click(*check, **private).success(
-        handlers.explain,
-        explain_inputs,
-        explain_outputs,
-        api_name="explain",
-        api_description="Explain a photo: T-Grad overlay (PNG), top-5, decomposition.",
-        concurrency_id="explain",
-        concurrency_limit=2,
-        **raw,
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
-        handlers.show_grid, grid_inputs, gallery, **private
-    )
-
     again: dict[str, Any] = {
         "api_visibility": "private",
         "concurrency_id": "explain",
@@ -246,8 +233,32 @@ def build(
         "trigger_mode": "always_last",
         **raw,
     }
+
+    def show(explained: Any, position: Any = layer) -> None:
+        """After an explanation: the layer view (slider at ``position``), then the grid."""
+        inputs = [key, position, mode, opacity, image, cmap]
+        explained.success(handlers.show_layers, inputs, layer_outputs, **private).success(
+            handlers.show_grid, grid_inputs, gallery, **private
+        )
+
+    def explain_and_show(event: Any) -> None:
+        """After ``event``: explain again if there is a photo, then show it."""
+        show(event.success(handlers.explain_if_photo, explain_inputs, explain_outputs, **again))
+
+    show(
+        explain_button.click(*check, **private).success(
+            handlers.explain,
+            explain_inputs,
+            explain_outputs,
+            api_name="explain",
+            api_description="Explain a photo: T-Grad overlay (PNG), top-5, decomposition.",
+            concurrency_id="explain",
+            concurrency_limit=2,
+            **raw,
+        )
+    )
     # a picked model is loaded at once (its download, if any, with a progress bar)
-    model.change(
+    picked = model.change(
         handlers.prepare_model,
         [model],
         model_note,
@@ -255,26 +266,11 @@ def build(
         concurrency_id="explain",
         concurrency_limit=2,
         trigger_mode="always_last",
-    ).success(*check, **private).success(
-        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
-        handlers.show_grid, grid_inputs, gallery, **private
     )
-    target.submit(*check, **private).success(
-        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
-        handlers.show_grid, grid_inputs, gallery, **private
-    )
-    top5.select(handlers.pick_target, None, target, **private).success(
-        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
-        handlers.show_grid, grid_inputs, gallery, **private
-    )
-    examples.load_input_event.success(  # a bundled photo is explained on click
-        handlers.explain_if_photo, explain_inputs, explain_outputs, **again
-    ).success(handlers.show_layers, view_inputs, layer_outputs, **private).success(
-        handlers.show_grid, grid_inputs, gallery, **private
-    )
+    explain_and_show(picked.success(*check, **private))
+    explain_and_show(target.submit(*check, **private))
+    explain_and_show(top5.select(handlers.pick_target, None, target, **private))
+    explain_and_show(examples.load_input_event)  # a bundled photo is explained on click
     gr.on(
         [layer.change, mode.change],
         handlers.render_layer,
@@ -308,13 +304,12 @@ def build(
     )
     if demo is not None:
         demo.load(handlers.prepare_model, [model], model_note, **private)  # what it is
-        demo.load(
+        opened = demo.load(
             handlers.open_link, None, [image, model, target, requested, mode, cmap], **private
-        ).success(handlers.explain_if_photo, explain_inputs, explain_outputs, **again).success(
-            handlers.show_layers,
-            [key, requested, mode, opacity, image, cmap],
-            layer_outputs,
-            **private,
+        )
+        show(  # at the position the link asks for
+            opened.success(handlers.explain_if_photo, explain_inputs, explain_outputs, **again),
+            requested,
         )
     figures_button.click(handlers.figures, view_inputs, figures, **private)
     return ExplainTab(image, model, target, key)

@@ -420,3 +420,14 @@ def test_the_model_picker_says_what_the_model_is(page):
     note = page.locator("#model-note").inner_text()
     assert "efficientnet_lite0" in note and "224 x 224 px centre crop" in note
     assert page.page_errors == [] and page.external == []
+
+
+def test_a_plain_link_shows_the_layer_grid_too(page, server):
+    """Without a colour map in the link nothing redraws the grid later: the link's own
+    explanation must fill it."""
+    page.goto(server + "?photo=rocket&layer=5")
+    caption_says(page, "Position 5 / 49")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#layer-grid .thumbnail-item').length === 50"
+    )
+    assert page.page_errors == [] and page.external == []
