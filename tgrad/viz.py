@@ -51,8 +51,7 @@ def to_uint8_image(pixels: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def colorize(saliency: torch.Tensor, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """A map [h,w], min-max normalised and coloured: uint8 [h,w,3]."""
-    values = normalize(saliency.detach().float()).cpu().numpy()
-    return (matplotlib.colormaps[cmap](values)[..., :3] * 255).round().astype(np.uint8)
+    return colorize_unit(normalize(saliency.detach().float()), cmap)
 
 
 def overlay(
