@@ -311,3 +311,20 @@ def test_terms_of_another_model():
     assert label == LayerLabel(
         "Layer 1 · BatchNorm2d + ReLU6 · 5 x 6", "elsewhere.bn", "BatchNorm2d -> ReLU6"
     )
+
+
+def test_the_terms_of_intercepts_are_named_for_what_made_them(models):
+    """SPEC 1's new kinds (issue 14): a squeeze-excite gate, its two 1x1 convs, a SiLU or
+    GELU joined to the layer feeding it, a LayerNorm."""
+    _, labels = models("efficientnet_b0")
+    _check(labels, "features.1.0.block.1", "Block 2 · squeeze-excite gate · 32 x 32",
+           "SqueezeExcitation: the product of input-dependent tensors (mul)")  # fmt: skip
+    _check(labels, "features.1.0.block.1.fc1", "Block 2 · squeeze-excite 1x1 conv",
+           "Conv2d 1x1 (32 -> 8 channels) -> SiLU")  # fmt: skip
+    _check(labels, "features.1.0.block.0.1", "Block 2 · depthwise conv · 32 x 32",
+           "Conv2d 3x3 depthwise (32 channels) -> BatchNorm2d -> SiLU")  # fmt: skip
+    _, labels = models("convnext_tiny")
+    _check(labels, "features.0.1", "Block 1 · layer norm · 16 x 16",
+           "LayerNorm2d: a normalisation, whose output is nearly all intercept")  # fmt: skip
+    _check(labels, "features.1.0.block.3", "Block 2 · linear layer · 16 x 16",
+           "Linear 96 -> 384 features -> GELU")  # fmt: skip

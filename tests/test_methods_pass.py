@@ -237,7 +237,7 @@ def test_fullgrad_reduces_each_term_on_arrival_and_leaves_tgrad_terms_bit_identi
     results = []
     for on_term in (None, FullGradMaps()):
         collector = TermCollector(on_term=on_term)
-        record = capture(model, x, None, collector.watch(model), on_grad=collector)
+        record = capture(model, x, None, on_op=collector.on_op, on_unseen=collector.on_unseen)
         results.append((collector.finish(record), on_term))
     (plain, _), (reduced, maps) = results
     assert [t.name for t in plain] == [t.name for t in reduced]
@@ -246,7 +246,7 @@ def test_fullgrad_reduces_each_term_on_arrival_and_leaves_tgrad_terms_bit_identi
         assert (a.map is None) == (b.map is None) and (a.map is None or torch.equal(a.map, b.map))
         assert b.elementwise is None
     kept = TermCollector(keep_elementwise=True)
-    record = capture(model, x, None, kept.watch(model), on_grad=kept)
+    record = capture(model, x, None, on_op=kept.on_op, on_unseen=kept.on_unseen)
     expected: dict = {}
     for term in kept.finish(record):
         if term.spatial:

@@ -124,10 +124,13 @@ def layer_labels(module: nn.Module, terms: Sequence[Term]) -> list[LayerLabel]:
         terms: the terms of a decomposition, e.g. ``TGrad(module)(x).terms``.
     """
     modules = dict(module.named_modules())
+    modules["<model>"] = module
     layer_terms = [t for t in terms if t.name != "input"]
-    places = {id(t): _places(modules, t.name) for t in layer_terms}
+    places = {id(t): _places(modules, _module_path(t.name)) for t in layer_terms}
     classifiers = [
-        t for t in layer_terms if isinstance(modules.get(t.name), nn.Linear) and not places[id(t)]
+        t
+        for t in layer_terms
+        if isinstance(modules.get(_module_path(t.name)), nn.Linear) and not places[id(t)]
     ]
     classifier_ids = {id(t) for t in classifiers}
     placed = [k for k, t in enumerate(layer_terms) if places[id(t)]]  # 0-based
@@ -138,16 +141,17 @@ def layer_labels(module: nn.Module, terms: Sequence[Term]) -> list[LayerLabel]:
             labels.append(_input_label(term))
             continue
         k += 1
-        target = modules.get(term.name)
+        target = modules.get(_module_path(term.name))
+        made_of = term.source or term.kind
         if target is None:
-            title = SEPARATOR.join((f"Layer {k}", term.kind.replace("+", " + ")))
-            detail = term.kind.replace("+", " -> ")
+            title = SEPARATOR.join((f"Layer {k}", made_of.replace("+", " + ")))
+            detail = made_of.replace("+", " -> ")
             labels.append(LayerLabel(title + _size(term), term.name, detail))
             continue
         if id(term) in classifier_ids:
             labels.append(_classifier_label(term, target, classifiers))
             continue
-        operation = _operation(modules, term.name, target, term.kind)
+        operation = _operation(modules, _module_path(term.name), target, term)
         place = places[id(term)]
         op_title = operation.title
         if not place:
@@ -159,6 +163,9 @@ def layer_labels(module: nn.Module, terms: Sequence[Term]) -> list[LayerLabel]:
                 place = ["Head"]
             else:
                 place = [f"Layer {k}"]
+        in_se = _in_squeeze_excite(_module_path(term.name), modules)
+        if in_se and not op_title.startswith("squeeze"):
+            op_title = f"squeeze-excite {op_title}"
         title = SEPARATOR.join((*place, op_title)) + _size(term)
         labels.append(LayerLabel(title, term.name, operation.detail))
     return labels
@@ -179,7 +186,7 @@ def _classifier_label(term: Term, linear: nn.Linear, classifiers: list[Term]) ->
         index = next(i for i, c in enumerate(classifiers) if c is term)
         title += f" (layer {index + 1})"
     detail = f"Linear {linear.in_features} -> {linear.out_features} features"
-    return LayerLabel(title, term.name, detail + _activations(term.kind))
+    return LayerLabel(title, term.name, detail + _activations(term))
 
 
 def _words(word: str) -> str:
@@ -212,9 +219,76 @@ def _places(modules: dict[str, nn.Module], path: str) -> list[str]:
     return places
 
 
-def _activations(kind: str) -> str:
-    """The activations joined to a term, as ``" -> ReLU6"`` (from ``"BatchNorm2d+ReLU6"``)."""
-    return "".join(f" -> {part}" for part in kind.split("+")[1:])
+def _module_path(name: str) -> str:
+    """The module path of a term's name: ``_blocks.1._bn1#2`` -> ``_blocks.1._bn1``,
+    ``block:2`` -> ``block`` (its second output shape)."""
+    return name.split("#", 1)[0].split(":", 1)[0]
+
+
+def _activations(term: Term) -> str:
+    """The activations joined to a term, as ``" -> ReLU6"`` (from its source
+    ``"BatchNorm2d+ReLU6"``)."""
+    return "".join(f" -> {part}" for part in (term.source or term.kind).split("+")[1:])
+
+
+_SQUEEZE_EXCITE = re.compile(r"squeeze_?excit|excitation|(^|_)se($|_|\d)", re.IGNORECASE)
+
+_NORMS = (
+    (nn.GroupNorm, "group norm"),
+    (nn.modules.instancenorm._InstanceNorm, "instance norm"),
+)
+
+
+def _norm_title(module: nn.Module) -> str:
+    for base, title in _NORMS:
+        if isinstance(module, base):
+            return title
+    name = type(module).__name__.lower()
+    if "layernorm" in name or isinstance(module, nn.LayerNorm):
+        return "layer norm"
+    return "rms norm" if "rms" in name else "normalisation"
+
+
+def _in_squeeze_excite(path: str, modules: dict[str, nn.Module]) -> bool:
+    """Whether the module at ``path``, or one that holds it, is a squeeze-excite block
+    (by its type's name or its attribute name)."""
+    parts = path.split(".")
+    for i in range(1, len(parts) + 1):
+        module = modules.get(".".join(parts[:i]))
+        if _SQUEEZE_EXCITE.search(parts[i - 1]) or (
+            module is not None and _SQUEEZE_EXCITE.search(type(module).__name__)
+        ):
+            return True
+    return False
+
+
+_ROLE_DETAILS = {
+    "gate": "the product of input-dependent tensors",
+    "norm": "a normalisation, whose output is nearly all intercept",
+    "activation": "a smooth activation's tangent intercept",
+    "saturation": "clipped units, constant where saturated",
+    "bias": "a constant added",
+}
+
+
+def _intercept_operation(
+    modules: dict[str, nn.Module], path: str, module: nn.Module, term: Term
+) -> _Operation:
+    """A term made by a module without a bias of its own: a gate, a norm, an activation."""
+    name = type(module).__name__
+    roles = term.kind.split("+")
+    made_of = (term.source or term.kind).replace("+", " + ")
+    detail = f"{name}: {', '.join(_ROLE_DETAILS.get(r, r) for r in roles)}"
+    if made_of != name:
+        detail += f" ({made_of})"
+    if "gate" in roles:
+        squeeze = _in_squeeze_excite(path, modules)
+        return _Operation("squeeze-excite gate" if squeeze else "gate", detail)
+    if "norm" in roles:
+        return _Operation(_norm_title(module), detail)
+    if roles == ["saturation"]:
+        return _Operation(f"{name} clipping", detail)
+    return _Operation(f"{name} activation", detail)
 
 
 def _conv_type(conv: _ConvNd) -> str:
@@ -295,10 +369,10 @@ def _feeding_conv(
 
 
 def _operation(
-    modules: dict[str, nn.Module], path: str, module: nn.Module, kind: str
+    modules: dict[str, nn.Module], path: str, module: nn.Module, term: Term
 ) -> _Operation:
     """What a term's module does: its title word(s) and its detail line."""
-    after = _activations(kind)
+    after = _activations(term)
     if isinstance(module, SATURATING):
         name = type(module).__name__
         bounds = " and ".join(f"{b:g}" for b in (module.min_val, module.max_val) if b != 0)
@@ -314,5 +388,4 @@ def _operation(
     if isinstance(module, nn.Linear):
         detail = f"Linear {module.in_features} -> {module.out_features} features{after}"
         return _Operation("linear layer", detail)
-    name = type(module).__name__
-    return _Operation(name, name + after)
+    return _intercept_operation(modules, path, module, term)

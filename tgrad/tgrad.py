@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tgrad.capture import Target, check_input
+from tgrad.capture import Target, check_input, check_model
 from tgrad.decompose import Decomposition, Term, check_decomposable, decompose
 
 
@@ -131,7 +131,8 @@ def tgrad_from_decomposition(dec: Decomposition) -> TGradResult:
 
 
 class TGrad:
-    """T-Grad for a classifier with piecewise-linear activations.
+    """T-Grad for any differentiable classifier (SPEC 1's tangent intercepts; on a
+    piecewise-linear network, exactly the paper's bias terms).
 
     >>> explainer = TGrad(model)            # checks the model's modules
     >>> result = explainer(x, target=None)  # x: [B,3,H,W] normalised; None = top-1
@@ -142,13 +143,15 @@ class TGrad:
 
     Args:
         model: the classifier, in eval mode, returning logits.
-        strict: refuse a model that cannot be decomposed (naming the module and its
-            type, or the operation that is not piecewise linear and the module calling
-            it), and a result whose completeness gap exceeds ``1e-4 * max(1, |y|)``.
-            With ``strict=False`` the result is returned with its gap.
+        strict: refuse a model that cannot be decomposed exactly (naming the module and
+            its type, or the operation and the module calling it: randomness, batch
+            statistics, no derivative), and a result whose completeness gap exceeds
+            ``1e-4 * max(1, |y|)``. With ``strict=False`` the result is returned with its
+            gap.
     """
 
     def __init__(self, model: nn.Module, strict: bool = True) -> None:
+        check_model(model)
         if strict:
             check_decomposable(model)
         self.model = model

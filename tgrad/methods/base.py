@@ -6,6 +6,8 @@ A method is a small object, built for one call of :func:`tgrad.methods.explain`:
   time (see :data:`tgrad.capture.Keep`);
 * ``on_grad()``: what to do with the gradient of a watched call as it arrives (``None``
   keeps it in :attr:`Call.grad`);
+* optionally ``on_op()``: an ``(on_op, on_unseen)`` pair for the capture's operation
+  watch (the decomposition's collector), or None;
 * ``attribute(record)``: its raw map ``[B,H,W]`` at the input's resolution, from what the
   pass recorded (methods that need more forwards, such as ScoreCAM, run them here).
 
@@ -21,8 +23,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from tgrad.capture import Call, Keep, OnGrad, Record, Target, capture
-from tgrad.decompose import saturation
+from tgrad.capture import Call, Keep, OnGrad, OnOp, OnUnseen, Record, Target, capture
 
 Progress = Callable[[str, int, int], None]
 """``progress(method, done, total)``: called by the methods that run many forwards."""
@@ -35,17 +36,12 @@ def activation(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
 
 
 def merge_keeps(first: Keep | None, second: Keep | None) -> Keep | None:
-    """One keep function for a module that two methods watch.
-
-    The activation itself serves every method: the decomposition reads a saturating
-    module's masks from its output (:class:`tgrad.decompose.TermCollector`).
-    """
+    """One keep function for a module that two methods watch (the same, or one of them
+    None)."""
     if first is None or first is second:
         return second
     if second is None:
         return first
-    if {first, second} == {activation, saturation}:
-        return activation
     raise ValueError(f"cannot keep both {first.__name__} and {second.__name__} for one module")
 
 
@@ -76,9 +72,7 @@ class Setup:
             self.progress(method, done, total)
 
 
-def shared_pass(
-    model: nn.Module, x: Tensor, target: Target, methods: Iterable[Method]
-) -> Record:
+def shared_pass(model: nn.Module, x: Tensor, target: Target, methods: Iterable[Method]) -> Record:
     """One forward + backward recording what every method watches.
 
     A gradient is given to each method watching its module (once per distinct
@@ -104,7 +98,23 @@ def shared_pass(
         return kept
 
     gradients = any(getattr(m, "needs_backward", True) for m in methods)
-    return capture(model, x, target, watch, on_grad=dispatch, gradients=gradients)
+    watchers: list[tuple[OnOp, OnUnseen]] = []
+    for method in methods:
+        found = _op_watch(method)
+        if found is not None and found not in watchers:  # bound methods of one collector
+            watchers.append(found)
+    if len(watchers) > 1:
+        raise ValueError("at most one operation watch per pass (the decomposition's)")
+    on_op, on_unseen = watchers[0] if watchers else (None, None)
+    return capture(
+        model, x, target, watch, on_grad=dispatch, on_op=on_op, on_unseen=on_unseen,
+        gradients=gradients,
+    )  # fmt: skip
+
+
+def _op_watch(method: Method) -> tuple[OnOp, OnUnseen] | None:
+    on_op = getattr(method, "on_op", None)
+    return None if on_op is None else on_op()
 
 
 def calls_of(record: Record, module: nn.Module) -> list[Call]:

@@ -9,14 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tgrad.capture import Keep, OnGrad, Record
-from tgrad.decompose import (
-    Decomposition,
-    Term,
-    TermCollector,
-    check_decomposable,
-    check_gap,
-)
+from tgrad.capture import Keep, OnGrad, OnOp, OnUnseen, Record
+from tgrad.decompose import Decomposition, Term, TermCollector, check_decomposable, check_gap
 from tgrad.methods.base import Setup, input_size
 from tgrad.tgrad import aggregate, upsample
 
@@ -30,13 +24,13 @@ class SharedTerms:
 
     def __init__(self, fullgrad: bool) -> None:
         self.fullgrad = FullGradMaps() if fullgrad else None
-        self.collector = TermCollector(on_term=self.fullgrad)
+        self.collector = TermCollector(on_term=self.fullgrad, strict=False)
         self._terms: tuple[Term, ...] | None = None
 
     @classmethod
     def of(cls, setup: Setup) -> SharedTerms:
         if "terms" not in setup.shared:
-            setup.shared["terms"] = cls(fullgrad="fullgrad" in setup.names)
+            setup.shared["terms"] = cls("fullgrad" in setup.names)
         return setup.shared["terms"]
 
     def terms(self, record: Record) -> tuple[Term, ...]:
@@ -46,17 +40,22 @@ class SharedTerms:
 
 
 class BiasMethod:
-    """Watches the decomposition's modules and feeds their gradients to the collector."""
+    """Shows every operation of the pass to the shared collector (no module watched)."""
 
     def __init__(self, setup: Setup, options: dict) -> None:
         self.shared = SharedTerms.of(setup)
+        if options.get("strict"):  # T-Grad's: refuse what cannot be decomposed exactly
+            self.shared.collector.strict = True
         self.options = options
 
     def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
-        return self.shared.collector.watch(model)
+        return {}
 
     def on_grad(self) -> OnGrad | None:
-        return self.shared.collector
+        return None
+
+    def on_op(self) -> tuple[OnOp, OnUnseen]:
+        return self.shared.collector.on_op, self.shared.collector.on_unseen
 
 
 class TGradMethod(BiasMethod):
