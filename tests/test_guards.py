@@ -380,3 +380,109 @@ def test_models_is_split_and_reexports_every_name():
     assert models.Preprocessing is preprocessing.Preprocessing
     assert models.LITE0_PREPROCESSING is preprocessing.LITE0_PREPROCESSING
     assert tgrad.load_model is models.load_model
+
+
+# -- issue 16, item 8: what to pass, instead of a raw library error --------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("espresso", r"integer class index, got the text 'espresso': pass the class's index"),
+        (2**70, r"integer class index 0\.\.4 .*got 1180591620717411303424"),
+        ([1, "cup"], r"got the text"),
+        (-1, r"out of range 0\.\.4"),
+    ],
+)
+def test_a_bad_target_says_what_to_pass(target, message):
+    with pytest.raises(ValueError, match=message):
+        TGrad(small_cnn())(image(), target=target)
+
+
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+
+    def forward(self, x):
+        return self.body(x), x.mean()
+
+
+def test_a_model_returning_a_tuple_says_to_return_the_logits():
+    with pytest.raises(ValueError, match=r"tensor of logits \[B,K\], got a tuple of 2 items"):
+        TGrad(TupleOut().eval())(image())
+
+
+@pytest.mark.parametrize("model", [None, "vgg16", lambda x: x])
+def test_a_model_must_be_a_module(model):
+    with pytest.raises(ValueError, match="the model must be a torch.nn.Module"):
+        TGrad(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_an_input_of_another_dtype_than_the_weights_says_how_to_convert(dtype):
+    with pytest.raises(ValueError, match=rf"the input is {dtype} but the model's weights are "
+                       r"torch.float32: pass x.to\(torch.float32\)"):  # fmt: skip
+        TGrad(small_cnn())(image().to(dtype))
+
+
+@pytest.mark.parametrize(("channels", "hint"), [(1, "grayscale"), (4, "alpha"), (2, "convert")])
+def test_an_input_with_other_channels_says_which_the_model_takes(channels, hint):
+    x = torch.randn(1, channels, 16, 16)
+    with pytest.raises(ValueError, match=rf"takes 3-channel images; the input has {channels} "
+                       rf"channels? \(.*{hint}"):  # fmt: skip
+        TGrad(small_cnn())(x)
+
+
+# -- issue 16, item 10: the TF32 guard under PyTorch's precision API -------------------------
+
+TF32_SCRIPT = """
+import sys, torch
+from tgrad.capture import exact_float32
+b = torch.backends
+def reads():
+    out = {}
+    for name, get in [("mm.new", lambda: b.cuda.matmul.fp32_precision),
+                      ("conv.new", lambda: b.cudnn.conv.fp32_precision),
+                      ("mm.old", lambda: b.cuda.matmul.allow_tf32),
+                      ("cudnn.old", lambda: b.cudnn.allow_tf32),
+                      ("precision", torch.get_float32_matmul_precision)]:
+        try:
+            out[name] = get()
+        except RuntimeError:
+            out[name] = "raises"
+    return out
+scenario = sys.argv[1]
+if scenario == "new":
+    b.cuda.matmul.fp32_precision = "tf32"
+    b.cudnn.conv.fp32_precision = "tf32"
+elif scenario == "legacy":
+    b.cuda.matmul.allow_tf32 = True
+    b.cudnn.allow_tf32 = False
+elif scenario == "precision":
+    torch.set_float32_matmul_precision("high")
+before = reads()
+with exact_float32(torch.device("cuda")):
+    inside = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+    with exact_float32(torch.device("cuda")):  # a second user (thread) meanwhile
+        pass
+    still = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+after = reads()
+print(inside == ("ieee", "ieee") and still == inside, before == after, before)
+"""
+
+
+@pytest.mark.parametrize("scenario", ["default", "new", "legacy", "precision"])
+def test_the_tf32_guard_restores_the_callers_settings_under_either_api(scenario):
+    # the flags need no GPU; each scenario in a fresh process (the settings are global)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", TF32_SCRIPT, scenario], cwd=root, capture_output=True,
+        text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.startswith("True True"), done.stdout

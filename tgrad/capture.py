@@ -422,9 +422,10 @@ def check_matches(model: nn.Module, x: Tensor) -> None:
             1: "a grayscale image: repeat it to 3 channels (x.expand(-1, 3, -1, -1))",
             4: "an image with alpha: drop the alpha channel (x[:, :3])",
         }.get(int(x.shape[1]), "convert the image to the model's channels")
+        count = int(x.shape[1])
         raise ValueError(
             f"the model's first convolution takes {conv.in_channels}-channel images; "
-            f"the input has {x.shape[1]} channels ({hint})"
+            f"the input has {count} channel{'' if count == 1 else 's'} ({hint})"
         )
 
 
