@@ -415,7 +415,7 @@ def test_a_model_returning_a_tuple_says_to_return_the_logits():
 
 @pytest.mark.parametrize("model", [None, "vgg16", lambda x: x])
 def test_a_model_must_be_a_module(model):
-    with pytest.raises(ValueError, match="the model must be a torch.nn.Module"):
+    with pytest.raises(ValueError, match=r"the model must be a torch\.nn\.Module"):
         TGrad(model)
 
 
