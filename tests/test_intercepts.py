@@ -550,5 +550,5 @@ def test_on_piecewise_linear_models_the_terms_are_the_papers(name):
         assert ((term.contribution - total).abs() <= 1e-6 * scale).all(), term_name
         assert (term.map is None) == (layer_map is None), term_name
         if layer_map is not None:
-            torch.testing.assert_close(term.map, layer_map.detach(), rtol=1e-6, atol=1e-6 * 
+            torch.testing.assert_close(term.map, layer_map.detach(), rtol=1e-6, atol=1e-6 *
                                        float(layer_map.abs().max()))  # fmt: skip
