@@ -182,6 +182,14 @@ RANDOM = frozenset(
 """Operations that draw random numbers (by short name): shown to ``on_op`` whatever their
 arguments, since randomness in the graph (stochastic depth) breaks any explanation."""
 
+_METADATA = frozenset(
+    """shape dim ndim ndimension size numel nelement stride storage_offset dtype device
+    layout is_contiguous is_floating_point is_complex element_size data_ptr requires_grad
+    grad_fn is_leaf output_nr names __len__ __bool__ __format__ __repr__ __hash__ item
+    tolist numpy __array__ untyped_storage _version""".split()
+)
+"""Questions about a tensor, not operations on its values: never shown to ``on_op``."""
+
 _LOCALLY_CONSTANT = frozenset("round floor ceil trunc sign signbit fix detach data".split())
 """Operations whose floating-point output is locally constant in the input (autograd gives
 them a zero derivative, or none): the operation consuming their output takes it into its
@@ -311,15 +319,18 @@ class _OpWatch(TorchFunctionMode):
         op = Op(func, args, kwargs, module, module_name, self.index, self.dependent)
         if any(isinstance(a, Tensor) and a.requires_grad for a in flat):
             self._adopt_unseen(flat, op)
+        short = _short(op_name(func))
+        if short in _METADATA:
+            return func(*args, **kwargs)
         if not any(self.dependent(a) for a in flat):
-            if _short(op_name(func)) in RANDOM:
+            if short in RANDOM:
                 self.on_op(op)
             return func(*args, **kwargs)
         self.index += 1
         self.on_op(op)
         output = func(*args, **kwargs)
         result = output if output is not None else (args[0] if args else None)
-        if _short(op_name(func)) in _LOCALLY_CONSTANT:
+        if short in _LOCALLY_CONSTANT:
             for t in tensors_in(result):  # a constant, also when written in place
                 self.dependents.pop(id(t), None)
                 if t.grad_fn is not None:

@@ -296,8 +296,12 @@ def _hardtanh(op: Op, low: float, high: float) -> Plan | None:
         bounds.append(float(low))
     if not masks:
         return None
-    return Plan([Piece(SATURATION, masks=torch.stack(masks), bounds=tuple(bounds),
-                       elementwise=True)])  # fmt: skip
+    return _saturation(masks, bounds)
+
+
+def _saturation(masks: list[Tensor], bounds: list[float]) -> Plan:
+    stacked = masks[0][None] if len(masks) == 1 else torch.stack(masks)  # one: a view
+    return Plan([Piece(SATURATION, masks=stacked, bounds=tuple(bounds), elementwise=True)])
 
 
 def _hardtanh_op(op: Op) -> Plan | None:
@@ -326,8 +330,7 @@ def _clamp(op: Op) -> Plan | None:
         bounds.append(float(low))
     if not masks:
         return None
-    return Plan([Piece(SATURATION, masks=torch.stack(masks), bounds=tuple(bounds),
-                       elementwise=True)])  # fmt: skip
+    return _saturation(masks, bounds)
 
 
 def _maximum(op: Op) -> Plan | None:
@@ -496,10 +499,14 @@ def _max_min(op: Op) -> Plan | None:
 def _affine(op: Op) -> Plan | None:
     """The constants an affine operation adds: itself with its input-dependent arguments
     replaced by zeros (residual additions of two dependent tensors add none)."""
-    flat, spec = tree_flatten((op.args, op.kwargs))
     name = short_name(op.name)
     if name in ("add", "sub") and len(op.args) >= 2 and all(op.dependent(a) for a in op.args[:2]):
         return None
+    if name in ("pad", "constant_pad_nd") and not _arg(op, 3, "value"):
+        mode = _arg(op, 2, "mode", "constant")
+        if mode == "constant" or name == "constant_pad_nd":
+            return None  # zeros, or a reflection/replication of the input: linear
+    flat, spec = tree_flatten((op.args, op.kwargs))
     zeroed = []
     for position, a in enumerate(flat):
         if isinstance(a, Tensor) and op.dependent(a):
@@ -566,7 +573,8 @@ def _jvp(op: Op) -> Plan:
     a copy of the input-dependent arguments."""
     flat, spec = tree_flatten((op.args, op.kwargs))
     positions = [i for i, a in enumerate(flat) if isinstance(a, Tensor) and op.dependent(a)]
-    primals = tuple(flat[i].detach().clone() for i in positions)
+    copy = in_place(op)  # its values before the operation writes into them
+    primals = tuple(flat[i].detach().clone() if copy else flat[i].detach() for i in positions)
     func = _out_of_place(op)
     dependents = len(positions)
 
