@@ -199,16 +199,9 @@ def test_the_evaluation_table_lists_the_controls_last_and_marks_them(tmp_path):
 
 def test_the_cli_draws_the_controls(tmp_path, monkeypatch, capsys):
     from tgrad import cli
-    from tgrad.models import LoadedModel, Preprocessing
 
-    small = LoadedModel(
-        name="small",
-        module=small_cnn(),
-        preprocessing=Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.25,) * 3),
-        categories=[f"class {k}" for k in range(5)],
-        weights="random",
-    )
-    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: small)
+    tiny = _tiny_model()
+    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: tiny)
     path = photo(tmp_path / "photo.png")
     out = tmp_path / "methods.png"
     assert cli.main(["explain", str(path), "--method", "tgrad,random,edge", "--out", str(out)]) == 0

@@ -67,8 +67,7 @@ class TGradAttribution(_attr.Attribution):
         super().__init__(model)
         self.explainer = TGrad(model, strict=strict)
 
-    def _explain(self, inputs: Tensor | tuple[Tensor, ...], target: Any) -> TGradResult:
-        x, _ = _image(inputs)
+    def _explain(self, x: Tensor, target: Any) -> TGradResult:
         return self.explainer(x, _target(target))
 
     @_log.log_usage()
@@ -90,9 +89,9 @@ class TGradAttribution(_attr.Attribution):
             The maps [B,1,H,W] on the input's device (a 1-tuple if ``inputs`` was one), and
             with ``return_convergence_delta`` the gap [B] in logit units.
         """
-        result = self._explain(inputs, target)
-        maps = result.saliency[:, None]
-        maps = (maps,) if _image(inputs)[1] else maps
+        x, as_tuple = _image(inputs)
+        result = self._explain(x, target)
+        maps = (result.saliency[:, None],) if as_tuple else result.saliency[:, None]
         return (maps, result.gap) if return_convergence_delta else maps
 
     def has_convergence_delta(self) -> bool:
