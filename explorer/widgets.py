@@ -53,7 +53,7 @@ def fast_png(component: C) -> C:
     return component
 
 
-FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient"}
+FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient", "control": "control"}
 
 
 def method_choices() -> list[tuple[str, str]]:

@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         help="compare methods instead: NAME[,NAME...] or 'all' (tgrad, gradcam, gradcam++, "
         "xgradcam, eigencam, scorecam, fullgrad, vanilla, input_x_gradient, "
-        "integrated_gradients, smoothgrad); writes one figure (--out, default "
+        "integrated_gradients, smoothgrad, guided_backprop; the controls random, edge); "
+        "writes one figure (--out, default "
         "OUT_DIR/methods.png) and prints each method's time",
     )
     ex.set_defaults(run=_explain)

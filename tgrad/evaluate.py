@@ -35,7 +35,8 @@ What it does (:func:`evaluate`):
   each machine; resume works in both cases.
 * **The report** (rank 0): ``table.csv`` / ``table.md`` (:data:`TABLE_COLUMNS`: means over
   the images; AUCs in [0, 1], Average Drop and Increase in Confidence in percent, the
-  map's time in ms per image), ``per_image.csv``, and the charts ``time_per_method.png``
+  map's time in ms per image; the controls of :mod:`tgrad.methods.controls` last, ``True``
+  in the ``control`` column), ``per_image.csv``, and the charts ``time_per_method.png``
   (Fig. 3) and ``insertion_deletion.png`` (Fig. 4). Means are sums in float64 with
   :func:`math.fsum` over the records sorted by image, so one process and K processes,
   interrupted or not, give the same table, bit for bit, in every column but
@@ -60,6 +61,7 @@ from tqdm import tqdm
 
 from tgrad.images import ImageLoadError, load_image
 from tgrad.methods import explain, resolve_methods
+from tgrad.methods.controls import controls_last, is_control
 from tgrad.metrics import average_drop_increase, insertion_deletion
 from tgrad.models import DEFAULT_MODEL, LoadedModel, load_model
 
@@ -88,6 +90,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "average_drop",
     "increase_in_confidence",
     "ms_per_image",
+    "control",
 )
 PER_IMAGE_COLUMNS: tuple[str, ...] = (
     "image",
@@ -332,6 +335,7 @@ def summarize(
                 "average_drop": mean(r["average_drop"] for r in done),
                 "increase_in_confidence": mean(r["increase_in_confidence"] for r in done),
                 "ms_per_image": mean(r["ms_map"] for r in done),
+                "control": is_control(method),
             }
         )
     return rows
@@ -360,12 +364,14 @@ def _write_report(
         "average_drop": ".2f",
         "increase_in_confidence": ".2f",
         "ms_per_image": ".1f",
+        "control": "",
     }
     lines = [
         f"{title}",
         "",
         "AUCs in [0, 1] (insertion: higher is better, deletion: lower); Average Drop and "
-        "Increase in Confidence in %; ms_per_image: the map alone.",
+        "Increase in Confidence in %; ms_per_image: the map alone; control: a reference "
+        "that knows nothing of the model (random, edge), the floor to beat.",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|---|" + "---:|" * (len(TABLE_COLUMNS) - 1),
@@ -509,7 +515,7 @@ def evaluate(
     Returns:
         The :class:`Report` on rank 0 (and in a single process), ``None`` on other ranks.
     """
-    names = resolve_methods(methods)
+    names = controls_last(resolve_methods(methods))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

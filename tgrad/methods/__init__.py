@@ -26,6 +26,7 @@ from tgrad.capture import Target
 from tgrad.methods.base import Method, Progress, Setup, shared_pass
 from tgrad.methods.bias import FullGrad, TGradMethod
 from tgrad.methods.cam import CAM, EigenCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
+from tgrad.methods.controls import CONTROL, EdgeMap, RandomMap
 from tgrad.methods.gradient import (
     InputGradient,
     InputXGradient,
@@ -41,7 +42,7 @@ class MethodInfo:
 
     name: str
     family: str
-    """``"bias"``, ``"cam"`` or ``"gradient"``."""
+    """``"bias"``, ``"cam"``, ``"gradient"``, or ``"control"`` (tgrad.methods.controls)."""
     single_pass: bool
     """Computed from the shared forward + backward alone (no forwards of its own)."""
     description: str
@@ -161,6 +162,21 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 "Guided Backprop: the gradient with only positive gradients passed back "
                 "through every rectifier",
                 GuidedBackprop,
+            ),
+            _info(
+                "random",
+                CONTROL,
+                True,
+                "Random (control): a seeded uniform map, the floor every method should beat",
+                RandomMap,
+                seed=0,
+            ),
+            _info(
+                "edge",
+                CONTROL,
+                True,
+                "Edge detector (control): the photo's Sobel edges, blind to the model",
+                EdgeMap,
             ),
         )
     }
