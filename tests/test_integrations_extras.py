@@ -22,6 +22,7 @@ ADAPTERS = {  # adapter module -> (the library it imports, the extra that instal
     "tgrad.integrations.pytorch_grad_cam": ("pytorch_grad_cam", "grad-cam"),
 }
 EXTRAS = {"captum": "captum", "grad-cam": "grad-cam", "quantus": "quantus"}  # -> dist name
+ALL_EXTRAS = {**EXTRAS, "timm": "timm"}  # timm: the timm:<name> models (tgrad/timm_zoo.py)
 
 
 def hide(monkeypatch, library: str) -> None:
@@ -142,9 +143,9 @@ def test_the_extras_are_the_libraries_the_tests_pin():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    assert set(extras) == set(EXTRAS)
+    assert set(extras) == set(ALL_EXTRAS)
     pins = requirement_pins(ROOT / "requirements-dev.txt")
-    for extra, dist in EXTRAS.items():
+    for extra, dist in ALL_EXTRAS.items():
         (requirement,) = [Requirement(r) for r in extras[extra]]
         assert requirement.name == dist
         # the version the tests run is one the extra allows
