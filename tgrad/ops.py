@@ -66,7 +66,7 @@ class Piece:
     """Which of the operation's input-dependent outputs it belongs to."""
     intercept: Tensor | None = None
     masks: Tensor | None = None
-    """Bool [k, *output.shape]: where a unit sits at each of ``bounds``."""
+    """[k, *output.shape], 1 where a unit sits at each of ``bounds``, else 0."""
     bounds: tuple[float, ...] = ()
     elementwise: bool = False
     """Element-wise in one input-dependent argument (which may belong to the layer that
@@ -286,22 +286,22 @@ def _batch_norm(op: Op) -> Plan | None:
 
 def _hardtanh(op: Op, low: float, high: float) -> Plan | None:
     """Hardtanh/ReLU6: a unit at a bound is constant (autograd's derivative is 0 there)."""
-    u = op.args[0].detach()
-    masks, bounds = [], []
-    if high != 0:
-        masks.append(u >= high)
-        bounds.append(float(high))
+    tests = [(torch.ge, high)] if high != 0 else []
     if low != 0:
-        masks.append(u <= low)
-        bounds.append(float(low))
-    if not masks:
+        tests.append((torch.le, low))
+    return _saturation(op.args[0].detach(), tests)
+
+
+def _saturation(u: Tensor, tests: list[tuple[Callable, float]]) -> Plan | None:
+    """Where each unit sits at each bound, as 0/1 masks of u's dtype (a float mask makes
+    ``addcmul`` an order of magnitude faster than a boolean one, the same numbers)."""
+    if not tests:
         return None
-    return _saturation(masks, bounds)
-
-
-def _saturation(masks: list[Tensor], bounds: list[float]) -> Plan:
-    stacked = masks[0][None] if len(masks) == 1 else torch.stack(masks)  # one: a view
-    return Plan([Piece(SATURATION, masks=stacked, bounds=tuple(bounds), elementwise=True)])
+    masks = torch.empty((len(tests), *u.shape), dtype=u.dtype, device=u.device)
+    for mask, (compare, bound) in zip(masks, tests, strict=True):
+        compare(u, bound, out=mask)
+    bounds = tuple(float(bound) for _, bound in tests)
+    return Plan([Piece(SATURATION, masks=masks, bounds=bounds, elementwise=True)])
 
 
 def _hardtanh_op(op: Op) -> Plan | None:
@@ -320,17 +320,10 @@ def _clamp(op: Op) -> Plan | None:
         low, high = _arg(op, 1, "min"), _arg(op, 2, "max")
     if isinstance(low, Tensor) or isinstance(high, Tensor):
         return _autograd_elementwise(op)
-    u = op.args[0].detach()
-    masks, bounds = [], []
-    if high is not None and high != 0:
-        masks.append(u >= high)
-        bounds.append(float(high))
+    tests = [(torch.ge, high)] if high is not None and high != 0 else []
     if low is not None and low != 0:
-        masks.append(u <= low)
-        bounds.append(float(low))
-    if not masks:
-        return None
-    return _saturation(masks, bounds)
+        tests.append((torch.le, low))
+    return _saturation(op.args[0].detach(), tests)
 
 
 def _maximum(op: Op) -> Plan | None:

@@ -12,6 +12,7 @@ map's sum (a map summing to 0 stays 0).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,12 +92,19 @@ def coverage(grid: tuple[int, int], size: tuple[int, int], like: Tensor) -> Tens
     """How much mass upsampling ``grid`` to ``size`` gives each cell of the grid [h,w].
 
     Bilinear upsampling U is linear, so ``sum(U(S)) = <S, U^T 1>``; this is ``U^T 1``,
-    computed once per grid by differentiating ``sum(U(ones))``.
+    computed by differentiating ``sum(U(ones))``, once per grid, size, dtype and device.
     """
-    probe = torch.ones(1, *grid, device=like.device, dtype=like.dtype, requires_grad=True)
-    with torch.enable_grad():
+    return _coverage(tuple(grid), tuple(size), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _coverage(
+    grid: tuple[int, int], size: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    probe = torch.ones(1, *grid, device=device, dtype=dtype, requires_grad=True)
+    with torch.enable_grad(), torch.inference_mode(False):
         (cells,) = torch.autograd.grad(upsample(probe, size).sum(), probe)
-    return cells[0]
+    return cells[0].detach()
 
 
 def aggregate(terms: Sequence[Term], size: tuple[int, int]) -> Tensor:
