@@ -29,26 +29,49 @@ How gradients are recorded, and why:
   tensor is shown to the handler before it runs (:class:`Op`), with the innermost module
   call running it; the handler may watch the gradients of the operation's outputs
   (:meth:`Op.on_outputs`). This is how the decomposition (SPEC 1) sees every operation.
-  The operations are seen by a :class:`~torch.overrides.TorchFunctionMode`, which is
-  thread-local: only the capturing thread's forward is watched. Work done by the hooks
-  themselves (``keep`` functions, tensor hooks, the handler) is not shown.
+  The operations are seen by :class:`tgrad.watch.OpWatch`, a thread-local
+  :class:`~torch.overrides.TorchFunctionMode`: only the capturing thread's forward is
+  watched. Work done by the hooks themselves (``keep`` functions, tensor hooks, the
+  handler) is not shown.
+
+The checks of the model, input and target are in :mod:`tgrad.checks`, the TF32 guard in
+:mod:`tgrad.precision`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode, resolve_name
 
-Target = int | Sequence[int] | Tensor | None
-"""A target class: None (top-1 of each sample), one int for the whole batch, or one per sample."""
+from tgrad.checks import Target, check_input, check_matches, check_model, resolve_target
+from tgrad.precision import exact_float32
+from tgrad.watch import RANDOM, OnOp, OnUnseen, Op, OpWatch, op_name, tensors_in
+
+__all__ = [
+    "RANDOM",
+    "Call",
+    "GradRule",
+    "Keep",
+    "OnGrad",
+    "OnOp",
+    "OnUnseen",
+    "Op",
+    "Record",
+    "Target",
+    "capture",
+    "check_input",
+    "check_model",
+    "exact_float32",
+    "op_name",
+    "resolve_target",
+    "tensors_in",
+]
+
 
 OnGrad = Callable[["Call", Tensor], Tensor | None]
 """Called during the backward pass with a call and dy/d(its output), as soon as that
@@ -104,402 +127,6 @@ class Record:
     def logit(self) -> Tensor:
         """The explained logit y of each sample [B]."""
         return self.logits.gather(1, self.target[:, None])[:, 0]
-
-
-OutputsHook = Callable[[list[Tensor]], None]
-"""Given, after an operation ran, its input-dependent floating-point outputs."""
-
-
-@dataclass
-class Op:
-    """One torch operation of the recorded forward that takes an input-dependent tensor,
-    as shown to an ``on_op`` handler *before* it runs (its arguments hold their values
-    before the operation, also for an in-place one)."""
-
-    func: Callable
-    args: tuple
-    kwargs: dict
-    module: nn.Module
-    """The innermost module running when the operation was called."""
-    module_name: str
-    """That module call's name: its qualified name (``"<model>"`` for the model itself),
-    with ``#k`` for the k-th call of a module called several times."""
-    index: int
-    """Position of the operation in the forward (among those shown)."""
-    dependent: Callable[[Any], bool]
-    """Whether a value is a tensor that depends on the model's input ``x``."""
-    outputs_hook: OutputsHook | None = None
-
-    @property
-    def name(self) -> str:
-        """The operation's qualified name, e.g. ``torch.nn.functional.silu``."""
-        return op_name(self.func)
-
-    def on_outputs(self, hook: OutputsHook) -> None:
-        """Call ``hook(outputs)`` once the operation has run, with its input-dependent
-        floating-point outputs (an in-place operation's output is its first argument)."""
-        self.outputs_hook = hook
-
-
-OnOp = Callable[[Op], None]
-"""Shown each operation on input-dependent tensors before it runs; may raise to stop the
-pass, and may ask for its outputs (:meth:`Op.on_outputs`) to watch their gradients."""
-
-OnUnseen = Callable[[Tensor, Op, list[Tensor | None]], None]
-"""Shown a tensor that depends on the input but that no shown operation made (the output
-of a custom :class:`torch.autograd.Function`, whose forward runs without autograd), with
-the operation about to consume it and the input-dependent tensors its autograd node
-takes (one per ``grad_fn.next_functions`` entry, None where that input is constant);
-may raise."""
-
-_names: dict[Callable, str] = {}
-
-
-def op_name(func: Callable) -> str:
-    """An operation's qualified name (``torch.nn.functional.silu``, ``torch.Tensor.add_``)."""
-    name = _names.get(func)
-    if name is None:
-        name = resolve_name(func) or getattr(func, "__qualname__", repr(func))
-        _names[func] = name.removesuffix(".__get__")  # properties such as Tensor.data
-    return _names[func]
-
-
-def tensors_in(value: Any) -> Iterator[Tensor]:
-    """The tensors in a value: the value itself, or those in a tuple or list."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            if isinstance(v, Tensor):
-                yield v
-
-
-RANDOM = frozenset(
-    """bernoulli rand rand_like randn randn_like randint randint_like randperm normal
-    uniform exponential geometric cauchy log_normal random multinomial poisson
-    native_dropout fused_dropout""".split()
-)
-"""Operations that draw random numbers (by short name): shown to ``on_op`` whatever their
-arguments, since randomness in the graph (stochastic depth) breaks any explanation."""
-
-_METADATA = frozenset(
-    """shape dim ndim ndimension size numel nelement stride storage_offset dtype device
-    layout is_contiguous is_floating_point is_complex element_size data_ptr requires_grad
-    grad_fn is_leaf output_nr names __len__ __bool__ __format__ __repr__ __hash__ item
-    tolist numpy __array__ untyped_storage _version""".split()
-)
-"""Questions about a tensor, not operations on its values: never shown to ``on_op``."""
-
-_LOCALLY_CONSTANT = frozenset("round floor ceil trunc sign signbit fix detach data".split())
-"""Operations whose floating-point output is locally constant in the input (autograd gives
-them a zero derivative, or none): the operation consuming their output takes it into its
-intercept (SPEC 1)."""
-
-
-def _short(qualified: str) -> str:
-    name = qualified.rsplit(".", 1)[-1]
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
-
-
-class _OpWatch(TorchFunctionMode):
-    """Shows each operation on input-dependent tensors to a handler (see :class:`Op`).
-
-    A tensor depends on the input when an operation that took a dependent tensor made it,
-    it is floating point and it requires grad (a comparison's boolean mask, an argmax, a
-    ``detach()`` or a value computed under ``no_grad`` does not carry the input's
-    derivative, so it is a constant of the tangent network). A tensor that requires grad
-    but that no shown operation made is followed through its autograd graph: when it
-    reaches the input, it is shown to ``on_unseen``. The module stack is kept by the
-    capture's module hooks.
-    """
-
-    def __init__(
-        self,
-        on_op: OnOp,
-        on_unseen: OnUnseen | None,
-        names: dict[nn.Module, str],
-    ) -> None:
-        super().__init__()
-        self.on_op = on_op
-        self.on_unseen = on_unseen
-        self.names = names
-        # weak: the forward frees its intermediates as usual; a dead tensor's id that
-        # a new tensor reuses is told apart by the reference no longer resolving to it
-        self.dependents: dict[int, weakref.ref] = {}
-        self.nodes: dict[int, Any] = {}  # id(grad_fn) of dependent tensors -> grad_fn
-        self.by_node: dict[tuple[int, int], weakref.ref] = {}  # (grad_fn, output_nr) -> tensor
-        self.constant_nodes: set[int] = set()
-        self.stack: list[tuple[nn.Module, str]] = []
-        self.counts: dict[nn.Module, int] = {}
-        self.index = 0
-        self.paused = False
-        self.input: Tensor | None = None
-
-    def start(self, x: Tensor) -> None:
-        self.input = x
-        self.mark(x)
-
-    def clear(self) -> None:
-        self.dependents.clear()
-        self.nodes.clear()
-        self.by_node.clear()
-        self.constant_nodes.clear()
-        self.input = None
-
-    def enter(self, module: nn.Module) -> None:
-        count = self.counts.get(module, 0) + 1
-        self.counts[module] = count
-        name = self.names[module]
-        self.stack.append((module, name if count == 1 else f"{name}#{count}"))
-
-    def leave(self) -> None:
-        self.stack.pop()
-
-    def mark(self, t: Tensor) -> None:
-        self.dependents[id(t)] = weakref.ref(t)
-        if t.grad_fn is not None:
-            self.nodes[id(t.grad_fn)] = t.grad_fn
-            self.by_node[(id(t.grad_fn), t.output_nr)] = weakref.ref(t)
-
-    def dependent(self, value: Any) -> bool:
-        """Whether ``value`` is (or holds) a tensor made from the input."""
-        for t in tensors_in(value):
-            ref = self.dependents.get(id(t))
-            if ref is not None and ref() is t:
-                return True
-        return False
-
-    def _reaches_input(self, node: Any) -> bool:
-        """Whether an autograd node's graph reaches the input or a dependent tensor."""
-        stack, seen = [node], set()
-        while stack:
-            n = stack.pop()
-            if n is None or id(n) in seen or id(n) in self.constant_nodes:
-                continue
-            seen.add(id(n))
-            if id(n) in self.nodes or getattr(n, "variable", None) is self.input:
-                return True
-            stack.extend(f for f, _ in n.next_functions)
-        self.constant_nodes.update(seen)
-        return False
-
-    def _adopt_unseen(self, flat: list[Any], op: Op) -> None:
-        for t in flat:
-            if (
-                isinstance(t, Tensor)
-                and t.requires_grad
-                and t.grad_fn is not None
-                and not self.dependent(t)
-                and t.is_floating_point()
-                and self._reaches_input(t.grad_fn)
-            ):
-                if self.on_unseen is not None:
-                    self.on_unseen(t, op, [self._tensor_of(*f) for f in t.grad_fn.next_functions])
-                self.mark(t)
-
-    def _tensor_of(self, node: Any, output_nr: int) -> Tensor | None:
-        """The input-dependent tensor an autograd node's output is, or None."""
-        if node is None:
-            return None
-        if getattr(node, "variable", None) is self.input:
-            return self.input
-        ref = self.by_node.get((id(node), output_nr))
-        t = ref() if ref is not None else None
-        return t if t is not None and self.dependent(t) else None
-
-    def __torch_function__(
-        self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if self.paused or not self.stack:
-            return func(*args, **kwargs)
-        flat = [*args, *kwargs.values()]
-        flat += [t for a in flat if isinstance(a, (tuple, list)) for t in a]
-        module, module_name = self.stack[-1]
-        op = Op(func, args, kwargs, module, module_name, self.index, self.dependent)
-        if any(isinstance(a, Tensor) and a.requires_grad for a in flat):
-            self._adopt_unseen(flat, op)
-        short = _short(op_name(func))
-        if short in _METADATA:
-            return func(*args, **kwargs)
-        if not any(self.dependent(a) for a in flat):
-            if short in RANDOM:
-                self.on_op(op)
-            return func(*args, **kwargs)
-        self.index += 1
-        self.on_op(op)
-        output = func(*args, **kwargs)
-        result = output if output is not None else (args[0] if args else None)
-        if short in _LOCALLY_CONSTANT:
-            for t in tensors_in(result):  # a constant, also when written in place
-                self.dependents.pop(id(t), None)
-                if t.grad_fn is not None:
-                    self.constant_nodes.add(id(t.grad_fn))
-            return output
-        made = [t for t in tensors_in(result) if t.is_floating_point() and t.requires_grad]
-        for t in made:
-            self.mark(t)
-        if made and op.outputs_hook is not None:
-            op.outputs_hook(made)
-        return output
-
-
-def resolve_target(target: Target, logits: Tensor) -> Tensor:
-    """Turn a target given by the caller into a long tensor [B] on the logits' device.
-
-    ``None`` picks the top-1 class of each sample. A target must be an integer class
-    index: a bool or a float (``1.7``, even ``2.0``) is refused, not rounded, and so is a
-    class name (look its index up in the model's class names).
-    """
-    batch, classes = logits.shape
-    if target is None:
-        return logits.argmax(1)
-    if isinstance(target, (str, bytes)) or (
-        isinstance(target, (list, tuple)) and any(isinstance(t, (str, bytes)) for t in target)
-    ):
-        raise ValueError(
-            f"a target must be an integer class index, got the text {str(target)[:40]!r}: "
-            "pass the class's index (tgrad.labels.find_class(name, categories) finds it)"
-        )
-    try:
-        t = torch.as_tensor(target, device=logits.device)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ValueError(
-            f"a target must be an integer class index 0..{classes - 1} (or a sequence of "
-            f"them, one per sample), got {str(target)[:40]}"
-        ) from error
-    if isinstance(target, bool) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(
-            f"a target must be an integer class index (or a sequence of them), got {target!r}"
-        )
-    t = t.long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(batch).clone()
-    if t.numel() != batch:
-        raise ValueError(f"got {t.numel()} targets for a batch of {batch} samples")
-    if bool(((t < 0) | (t >= classes)).any()):
-        shown = t.tolist() if t.numel() <= 8 else f"{t[:8].tolist()}..."
-        raise ValueError(f"target class out of range 0..{classes - 1}: {shown}")
-    return t
-
-
-def check_input(x: Tensor) -> None:
-    """Raise ValueError unless ``x`` is a finite floating-point batch ``[B, ...]``, B >= 1,
-    and autograd can run (not inside ``torch.inference_mode()``)."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"the input must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"the input must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"the input must be a non-empty batch [B, ...], got {tuple(x.shape)}")
-    if torch.is_inference_mode_enabled():
-        raise ValueError(
-            "gradients cannot be computed inside torch.inference_mode(): call the explainer "
-            "outside that block"
-        )
-    if x.is_inference():
-        raise ValueError(
-            "the input was made inside torch.inference_mode() and cannot take part in "
-            "autograd: pass x.clone() made outside that block"
-        )
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"the input contains {bad} non-finite values (NaN or infinity)")
-
-
-def check_model(model: object) -> nn.Module:
-    """Raise ValueError unless ``model`` is a :class:`torch.nn.Module`; return it."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(
-            f"the model must be a torch.nn.Module (a classifier returning logits [B,K]), "
-            f"got {type(model).__name__}"
-        )
-    return model
-
-
-def check_matches(model: nn.Module, x: Tensor) -> None:
-    """Raise ValueError when ``x`` cannot go through ``model``: a floating-point dtype
-    other than its weights', or a channel count its first convolution does not take."""
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weight is not None and weight.dtype != x.dtype:
-        raise ValueError(
-            f"the input is {x.dtype} but the model's weights are {weight.dtype}: pass "
-            f"x.to({weight.dtype}) (or convert the model with model.to({x.dtype}))"
-        )
-    conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-    if conv is not None and x.dim() == conv.weight.dim() and x.shape[1] != conv.in_channels:
-        hint = {
-            1: "a grayscale image: repeat it to 3 channels (x.expand(-1, 3, -1, -1))",
-            4: "an image with alpha: drop the alpha channel (x[:, :3])",
-        }.get(int(x.shape[1]), "convert the image to the model's channels")
-        count = int(x.shape[1])
-        raise ValueError(
-            f"the model's first convolution takes {conv.in_channels}-channel images; "
-            f"the input has {count} channel{'' if count == 1 else 's'} ({hint})"
-        )
-
-
-_precision_lock = threading.Lock()
-_precision_users = 0
-_saved_precision: tuple[Any, ...] = ()
-
-
-def _new_precision_api() -> bool:
-    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
-        torch.backends.cudnn, "conv"
-    )
-
-
-def _save_and_clear_tf32() -> tuple[Any, ...]:
-    """Save the caller's TF32 settings and ask for true float32 convolutions and matmuls.
-
-    Through PyTorch's precision API (``fp32_precision``) where it exists: once a program
-    has set that API, reading the legacy ``allow_tf32`` flags raises. The legacy flags
-    only where the new API is absent.
-    """
-    backends = torch.backends
-    if _new_precision_api():
-        saved = ("new", backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision)
-        backends.cuda.matmul.fp32_precision = "ieee"
-        backends.cudnn.conv.fp32_precision = "ieee"
-        return saved
-    saved = ("legacy", backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
-    backends.cudnn.allow_tf32 = False
-    backends.cuda.matmul.allow_tf32 = False
-    return saved
-
-
-def _restore_tf32(saved: tuple[Any, ...]) -> None:
-    backends = torch.backends
-    if saved[0] == "new":
-        backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = saved[1:]
-    else:
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved[1:]
-
-
-@contextmanager
-def exact_float32(device: torch.device) -> Iterator[None]:
-    """Turn TF32 off for CUDA convolutions and matmuls while the block runs.
-
-    The settings are process-wide, so overlapping users (threads) are counted: the first
-    one in saves and clears them, the last one out restores them exactly. A no-op off CUDA.
-    """
-    global _precision_users, _saved_precision
-    if device.type != "cuda":
-        yield
-        return
-    with _precision_lock:
-        if _precision_users == 0:
-            _saved_precision = _save_and_clear_tf32()
-        _precision_users += 1
-    try:
-        yield
-    finally:
-        with _precision_lock:
-            _precision_users -= 1
-            if _precision_users == 0:
-                _restore_tf32(_saved_precision)
 
 
 def _logits_of(output: Any) -> Tensor:
@@ -567,7 +194,7 @@ def capture(
     names = {m: n for n, m in model.named_modules() if m in watch}
     ops = None
     if on_op is not None:
-        ops = _OpWatch(on_op, on_unseen, {m: n or "<model>" for n, m in model.named_modules()})
+        ops = OpWatch(on_op, on_unseen, {m: n or "<model>" for n, m in model.named_modules()})
     owner = threading.get_ident()
     calls: list[Call] = []
     producer: dict[int, Call] = {}  # id(output tensor) -> the call that made it

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from tgrad import ops
-from tgrad.capture import Op, Record, tensors_in
+from tgrad.capture import Record
+from tgrad.watch import Op, tensors_in
 
 OnTerm = Callable[[str, Tensor, bool], None]
 """``on_term(name, C, spatial)``: sees each term's element-wise contribution C once,

@@ -1,0 +1,333 @@
+"""Closed-form intercepts (SPEC 1's table): no forward-mode product needed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from tgrad.ops.base import (
+    ACTIVATION,
+    BIAS,
+    GATE,
+    NORM,
+    SATURATION,
+    Piece,
+    Plan,
+    Unsupported,
+    arg,
+    batchnorm_shift,
+    channel_view,
+    detached,
+    in_place,
+    out_of_place,
+    short_name,
+)
+from tgrad.ops.general import autograd_elementwise, jvp
+from tgrad.watch import Op
+
+_BIASED = frozenset(
+    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear".split()
+)
+_PRODUCTS = frozenset("mul matmul rmatmul mm bmm mv dot vdot outer inner einsum kron".split())
+"""Multilinear: homogeneous of degree k in k input-dependent operands."""
+
+def _biased(op: Op) -> Plan | None:
+    if op.dependent(arg(op, 1, "weight")):
+        return jvp(op)  # a weight made from the input (dynamic convolution)
+    bias = arg(op, 2, "bias")
+    if bias is None:
+        return None
+    name = short_name(op.name)
+    dim = op.args[0].dim() if name != "linear" else 0
+    return Plan([Piece(BIAS, intercept=channel_view(bias.detach(), dim, name == "linear"))])
+
+
+def _batch_norm(op: Op) -> Plan | None:
+    if op.func is not F.batch_norm:
+        return jvp(op)  # torch.batch_norm orders its arguments otherwise
+    if arg(op, 5, "training", False):
+        raise Unsupported(
+            "normalises with the statistics of the batch (BatchNorm in training mode, or "
+            "without running statistics), which mixes the samples"
+        )
+    shift = batchnorm_shift(
+        *(detached(arg(op, i, k)) for i, k in ((1, "running_mean"), (2, "running_var"))),
+        detached(arg(op, 3, "weight")),
+        detached(arg(op, 4, "bias")),
+        float(arg(op, 7, "eps", 1e-5)),
+    )
+    return Plan([Piece(BIAS, intercept=channel_view(shift, op.args[0].dim(), False))])
+
+
+def _hardtanh(op: Op, low: float, high: float) -> Plan | None:
+    """Hardtanh/ReLU6: a unit at a bound is constant (autograd's derivative is 0 there)."""
+    tests = [(torch.ge, high)] if high != 0 else []
+    if low != 0:
+        tests.append((torch.le, low))
+    return _saturation(op.args[0].detach(), tests)
+
+
+def _saturation(u: Tensor, tests: list[tuple[Callable, float]]) -> Plan | None:
+    """Where each unit sits at each bound, as 0/1 masks of u's dtype (a float mask makes
+    ``addcmul`` an order of magnitude faster than a boolean one, the same numbers)."""
+    if not tests:
+        return None
+    masks = torch.empty((len(tests), *u.shape), dtype=u.dtype, device=u.device)
+    for mask, (compare, bound) in zip(masks, tests, strict=True):
+        compare(u, bound, out=mask)
+    bounds = tuple(float(bound) for _, bound in tests)
+    return Plan([Piece(SATURATION, masks=masks, bounds=bounds, elementwise=True)])
+
+
+def _hardtanh_op(op: Op) -> Plan | None:
+    return _hardtanh(op, float(arg(op, 1, "min_val", -1.0)), float(arg(op, 2, "max_val", 1.0)))
+
+
+def _clamp(op: Op) -> Plan | None:
+    """clamp/clip: as Hardtanh, a unit at a bound or beyond it is constant (autograd's
+    derivative is 0 there)."""
+    name = short_name(op.name)
+    if name == "clamp_min":
+        low, high = arg(op, 1, "min"), None
+    elif name == "clamp_max":
+        low, high = None, arg(op, 1, "max")
+    else:
+        low, high = arg(op, 1, "min"), arg(op, 2, "max")
+    if isinstance(low, Tensor) or isinstance(high, Tensor):
+        return autograd_elementwise(op)
+    tests = [(torch.ge, high)] if high is not None and high != 0 else []
+    if low is not None and low != 0:
+        tests.append((torch.le, low))
+    return _saturation(op.args[0].detach(), tests)
+
+
+def _maximum(op: Op) -> Plan | None:
+    """Element-wise max/min: piecewise linear without constants between two dependent
+    tensors; against a constant, a unit at the constant takes it as its intercept."""
+    other = arg(op, 1, "other")
+    if op.dependent(op.args[0]) and op.dependent(other):
+        return None
+    return autograd_elementwise(op)
+
+
+def _unary(op: Op, role: str, form: Callable[[Tensor], Tensor]) -> Plan:
+    return Plan([Piece(role, intercept=form(op.args[0].detach()), elementwise=True)])
+
+
+def _silu(u: Tensor) -> Tensor:
+    s = torch.sigmoid(u)
+    return -(u * u) * s * (1 - s)
+
+
+def _gelu(op: Op) -> Plan:
+    if arg(op, 1, "approximate", "none") != "none":
+        return autograd_elementwise(op)
+    return _unary(
+        op, ACTIVATION, lambda u: -(u * u) * torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    )
+
+
+def _sigmoid(u: Tensor) -> Tensor:
+    s = torch.sigmoid(u)
+    return s - u * s * (1 - s)
+
+
+def _tanh(u: Tensor) -> Tensor:
+    t = torch.tanh(u)
+    return t - u * (1 - t * t)
+
+
+def _hardswish(u: Tensor) -> Tensor:
+    # autograd: derivative u/3 + 1/2 on (-3, 3), 0 from -3 down, 1 from 3 up
+    return torch.where((u > -3) & (u < 3), -(u * u) / 6, 0.0)
+
+
+def _hardsigmoid(u: Tensor) -> Tensor:
+    # autograd: derivative 1/6 on (-3, 3), 0 elsewhere
+    return torch.where(u >= 3, 1.0, torch.where(u > -3, 0.5, 0.0)).to(u.dtype)
+
+
+def _products(op: Op) -> Plan | None:
+    """A multilinear product of k input-dependent operands: ``c = (1 - k) f``."""
+    flat, spec = tree_flatten((op.args, op.kwargs))
+    k = sum(1 for a in flat if isinstance(a, Tensor) and op.dependent(a))
+    if k < 2:
+        return None
+    args, kwargs = tree_unflatten([detached(a) for a in flat], spec)
+    value = out_of_place(op)(*args, **kwargs)
+    return Plan([Piece(GATE, intercept=(1 - k) * value)])
+
+
+def _div(op: Op) -> Plan | None:
+    """``a / b`` is homogeneous of degree ``[a dependent] - [b dependent]``."""
+    if arg(op, 2, "rounding_mode") is not None:
+        return None  # floor/trunc division: locally constant, its consumer's intercept
+    a, b = op.args[0], arg(op, 1, "other")
+    reverse = short_name(op.name) == "rdiv"
+    numerator, denominator = (b, a) if reverse else (a, b)
+    degree = int(op.dependent(numerator)) - int(op.dependent(denominator))
+    if degree == 1:
+        return None
+    value = torch.div(detached(numerator), detached(denominator))
+    return Plan([Piece(GATE, intercept=(1 - degree) * value)])
+
+
+def _pow(op: Op) -> Plan | None:
+    base, exponent = op.args[0], arg(op, 1, "exponent")
+    if short_name(op.name) == "rpow":
+        base, exponent = exponent, base
+    if op.dependent(exponent) or isinstance(exponent, Tensor):
+        return jvp(op)
+    if not op.dependent(base):
+        return None
+    return homogeneous(op, float(exponent), lambda u: torch.pow(u, exponent))
+
+
+def homogeneous(op: Op, degree: float, form: Callable | None = None) -> Plan | None:
+    """``f(t u) = t^d f(u)``: ``J u = d f``, so ``c = (1 - d) f``."""
+    if degree == 1:
+        return None
+    u = op.args[0].detach()
+    value = form(u) if form is not None else out_of_place(op)(u)
+    role = GATE if short_name(op.name) == "reciprocal" else ACTIVATION
+    return Plan([Piece(role, intercept=(1 - degree) * value, elementwise=True)])
+
+
+def _normalised(u: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(u, dim=dims, unbiased=False, keepdim=True)
+    return (u - mean) * torch.rsqrt(var + eps), var
+
+
+def _norm_piece(n: Tensor, var: Tensor, eps: float, weight, bias, view) -> Plan:
+    """``gamma * n * v / (v + eps) + beta``: a normalisation's intercept (SPEC 1)."""
+    c = n * (var / (var + eps))
+    if weight is not None:
+        c = c * view(weight.detach())
+    if bias is not None:
+        c = c + view(bias.detach())
+    return Plan([Piece(NORM, intercept=c)])
+
+
+def normalized_shape(op: Op) -> tuple[int, ...]:
+    """A LayerNorm's or RMSNorm's ``normalized_shape``, as a tuple."""
+    shape = arg(op, 1, "normalized_shape")
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def _layer_norm(op: Op) -> Plan:
+    u = op.args[0].detach()
+    count = len(normalized_shape(op))
+    eps = float(arg(op, 4, "eps", 1e-5))
+    n, var = _normalised(u, tuple(range(u.dim() - count, u.dim())), eps)
+    return _norm_piece(n, var, eps, arg(op, 2, "weight"), arg(op, 3, "bias"), lambda p: p)
+
+
+def _group_norm(op: Op) -> Plan:
+    u = op.args[0].detach()
+    groups = int(arg(op, 1, "num_groups"))
+    eps = float(arg(op, 4, "eps", 1e-5))
+    grouped = u.reshape(u.shape[0], groups, -1)
+    n, var = _normalised(grouped, (2,), eps)
+    view = lambda p: channel_view(p, u.dim(), False)  # noqa: E731
+    var = var.expand(-1, -1, grouped.shape[2]).reshape(u.shape)
+    return _norm_piece(n.reshape(u.shape), var, eps, arg(op, 2, "weight"), arg(op, 3, "bias"),
+                       view)  # fmt: skip
+
+
+def _instance_norm(op: Op) -> Plan:
+    if op.func is not F.instance_norm:
+        return jvp(op)  # torch.instance_norm orders its arguments otherwise
+    u = op.args[0].detach()
+    weight, bias = arg(op, 3, "weight"), arg(op, 4, "bias")
+    eps = float(arg(op, 7, "eps", 1e-5))
+    if not arg(op, 5, "use_input_stats", True):
+        mean, var = detached(arg(op, 1, "running_mean")), detached(arg(op, 2, "running_var"))
+        shift = batchnorm_shift(mean, var, detached(weight), detached(bias), eps)
+        return Plan([Piece(BIAS, intercept=channel_view(shift, u.dim(), False))])
+    n, var = _normalised(u, tuple(range(2, u.dim())), eps)
+    return _norm_piece(n, var, eps, weight, bias, lambda p: channel_view(p, u.dim(), False))
+
+
+def _rms_norm(op: Op) -> Plan:
+    u = op.args[0].detach()
+    count = len(normalized_shape(op))
+    eps = arg(op, 3, "eps")
+    eps = torch.finfo(u.dtype).eps if eps is None else float(eps)
+    square = (u * u).mean(tuple(range(u.dim() - count, u.dim())), keepdim=True)
+    c = u * torch.rsqrt(square + eps) * (square / (square + eps))
+    weight = arg(op, 2, "weight")
+    return Plan([Piece(NORM, intercept=c if weight is None else c * weight.detach())])
+
+
+def max_min(op: Op) -> Plan | None:
+    """``max``/``min`` reduce (no intercept) unless given a second tensor (element-wise)."""
+    return _maximum(op) if isinstance(arg(op, 1, "other"), Tensor) else None
+
+
+def affine(op: Op) -> Plan | None:
+    """The constants an affine operation adds: itself with its input-dependent arguments
+    replaced by zeros (residual additions of two dependent tensors add none)."""
+    name = short_name(op.name)
+    if name in ("add", "sub") and len(op.args) >= 2 and all(op.dependent(a) for a in op.args[:2]):
+        return None
+    if name in ("pad", "constant_pad_nd") and not arg(op, 3, "value"):
+        mode = arg(op, 2, "mode", "constant")
+        if mode == "constant" or name == "constant_pad_nd":
+            return None  # zeros, or a reflection/replication of the input: linear
+    flat, spec = tree_flatten((op.args, op.kwargs))
+    zeroed = []
+    for position, a in enumerate(flat):
+        if isinstance(a, Tensor) and op.dependent(a):
+            a = torch.zeros_like(a, memory_format=torch.contiguous_format)
+        elif position == 0 and isinstance(a, Tensor) and in_place(op):
+            a = a.detach().clone()  # the operation writes into it
+        zeroed.append(a)
+    args, kwargs = tree_unflatten(zeroed, spec)
+    value = op.func(*args, **kwargs)
+    if value is None:  # __setitem__ and other in-place operations
+        value = args[0]
+    if not bool(value.any()):
+        return None
+    return Plan([Piece(BIAS, intercept=value.detach())])
+
+
+# ----------------------------------------------------------------------- general forms
+
+
+RULES: dict[str, Callable[[Op], Plan | None]] = {
+    **dict.fromkeys(_BIASED, _biased),
+    "batch_norm": _batch_norm,
+    "hardtanh": _hardtanh_op,
+    "relu6": lambda op: _hardtanh(op, 0.0, 6.0),
+    "clamp": _clamp,
+    "clip": _clamp,
+    "clamp_min": _clamp,
+    "clamp_max": _clamp,
+    "silu": lambda op: _unary(op, ACTIVATION, _silu),
+    "gelu": _gelu,
+    "sigmoid": lambda op: _unary(op, ACTIVATION, _sigmoid),
+    "tanh": lambda op: _unary(op, ACTIVATION, _tanh),
+    "hardswish": lambda op: _unary(op, ACTIVATION, _hardswish),
+    "hardsigmoid": lambda op: _unary(op, ACTIVATION, _hardsigmoid),
+    **dict.fromkeys(_PRODUCTS, _products),
+    "div": _div,
+    "divide": _div,
+    "true_divide": _div,
+    "rdiv": _div,
+    "pow": _pow,
+    "rpow": _pow,
+    "maximum": _maximum,
+    "minimum": _maximum,
+    "fmax": _maximum,
+    "fmin": _maximum,
+    "layer_norm": _layer_norm,
+    "group_norm": _group_norm,
+    "instance_norm": _instance_norm,
+    "rms_norm": _rms_norm,
+}
+"""Closed forms by short operation name."""
