@@ -38,7 +38,14 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["BUDGET_ENV", "DEFAULT_BUDGET_MB", "budget_bytes", "image_bytes", "images_per_chunk"]
+__all__ = [
+    "BUDGET_ENV",
+    "DEFAULT_BUDGET_MB",
+    "budget_bytes",
+    "chunk_buffer",
+    "image_bytes",
+    "images_per_chunk",
+]
 
 DEFAULT_BUDGET_MB: dict[str, int] = {"cpu": 128, "cuda": 2048}
 """Transient memory one chunk may use, in MiB, by device type (others: the CPU's)."""
@@ -123,3 +130,20 @@ def images_per_chunk(model: nn.Module, x: Tensor, requested: int, gradients: boo
     at least 1."""
     per_image = image_bytes(model, x, gradients)
     return max(1, min(int(requested), budget_bytes(x.device) // max(per_image, 1)))
+
+
+def chunk_buffer(x: Tensor, images: int, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised buffer of ``images`` images shaped like one image of ``x``
+    [images,C,H,W], on its device, with its dtype (or ``dtype``) and its memory layout: a
+    channels-last ``x`` (as a photo converted from pixels often is) gives a channels-last
+    buffer, so the model computes each chunk with the same kernels as ``x`` itself."""
+    layout = (
+        torch.channels_last
+        if x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    return torch.empty(
+        (images, *x.shape[1:]), dtype=dtype or x.dtype, device=x.device, memory_format=layout
+    )

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from tgrad.budget import images_per_chunk
+from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Target, exact_float32, resolve_target
 from tgrad.models import Preprocessing
 from tgrad.tgrad import upsample
@@ -198,7 +198,7 @@ def insertion_deletion(
         # Every other point: one perturbed image each, written into one buffer per chunk.
         steps = torch.nonzero(~(changed_none | changed_all))[:, 0].tolist()
         jobs = [(b, c, k) for b in range(batch) for c in (0, 1) for k in steps]
-        images = x.new_empty((min(chunk, len(jobs)), *x.shape[1:]))
+        images = chunk_buffer(x, min(chunk, len(jobs)))
         changed = torch.empty((len(images), 1, height, width), dtype=torch.bool, device=x.device)
         limits = counts.tolist()
         pixel_ranks = ranks.view(batch, 1, height, width)
@@ -260,7 +260,7 @@ def average_drop_increase(
         span = maps.amax((1, 2), keepdim=True) - low
         mask = torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
         chunk = images_per_chunk(model, x, batch_size, gradients=False)
-        images = x.new_empty((min(chunk, batch), *x.shape[1:]))  # M * x, a chunk at a time
+        images = chunk_buffer(x, min(chunk, batch))  # M * x, a chunk at a time
         parts = [model(part) for part in x.split(chunk)]
         for part in _chunks(batch, chunk):
             for j, i in enumerate(range(batch)[part]):

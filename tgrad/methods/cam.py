@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tgrad.budget import images_per_chunk
+from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Keep, OnGrad, Record, capture
 from tgrad.methods.base import Setup, activation, calls_of, input_size, no_grad_kept
 from tgrad.tgrad import upsample
@@ -196,7 +196,7 @@ class ScoreCAM(CAM):
                 return torch.softmax(scores, dim=1)
             chunk = images_per_chunk(model, x, int(self.options["batch_size"]), gradients=False)
             chunk = min(chunk, len(varying))
-            images = torch.empty((chunk, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            images = chunk_buffer(x, chunk)
             for start in range(0, len(varying), chunk):
                 bs, cs = torch.tensor(varying[start : start + chunk], device=x.device).T
                 masks = F.interpolate(a[bs, cs][:, None], size, mode="bilinear", align_corners=True)

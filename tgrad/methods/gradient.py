@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from tgrad.budget import images_per_chunk
+from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Keep, OnGrad, Record, capture
 from tgrad.methods.base import Setup, reduce_channels
 
@@ -77,7 +77,7 @@ def weighted_gradient_sum(
     per_chunk = max(1, images_per_chunk(model, x, wanted, gradients=True) // batch)
     count = len(weights)
     per_chunk = min(per_chunk, count)
-    buffer = torch.empty((per_chunk * batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    buffer = chunk_buffer(x, per_chunk * batch)
     total = torch.zeros_like(x)
     logits = x.new_empty(count, batch)
     for start in range(0, count, per_chunk):
