@@ -118,7 +118,7 @@ def image_bytes(model: nn.Module, x: Tensor, gradients: bool) -> int:
         known = _cache.get(model, {}).get(key)
     if known is not None:
         return known
-    cost = _probe(model, x[:1], gradients)
+    cost = _probe(model, x[:1].clone(), gradients)  # its own storage: x's is not saved
     with _lock:
         _cache.setdefault(model, {})[key] = cost
     return cost
