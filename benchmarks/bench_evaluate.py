@@ -4,7 +4,8 @@ inference on the same perturbed images.
 One unit of the job (one image, one method) is the map, insertion + deletion
 (``2 * (steps - 1) + 2`` forwards, 448 at 224 steps) and Average Drop (2 forwards). The
 floor is the perturbed images of insertion + deletion, built beforehand and fed to the
-model in chunks of ``--batch-size`` under ``torch.inference_mode()``. For each method the
+model in chunks of ``--batch-size`` (capped by the memory budget of tgrad.budget, as the
+job's are) under ``torch.inference_mode()``. For each method the
 job runs over the sample (``tgrad.evaluate.evaluate``, into a fresh folder, the model
 already loaded), then the floor over the same images. The table gives images per second of
 the job's units (map + both metrics, device synchronised, as the job times them) and of
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_metrics import perturbed_images
 
+from tgrad.budget import images_per_chunk
 from tgrad.evaluate import evaluate, sample_images
 from tgrad.images import load_image
 from tgrad.methods import resolve_methods
@@ -62,6 +64,7 @@ def main() -> None:
     # Any ranking gives the same forwards; the floor does not depend on the map.
     ranking = torch.rand(height, width, generator=torch.Generator().manual_seed(0))
     perturbed = [perturbed_images(x.cpu(), ranking, args.steps).to(device) for x in inputs]
+    chunk_size = images_per_chunk(model, inputs[0], args.batch_size, gradients=False)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -72,7 +75,7 @@ def main() -> None:
         start = time.perf_counter()
         with torch.inference_mode():
             for images in perturbed:
-                for chunk in images.split(args.batch_size):
+                for chunk in images.split(chunk_size):
                     model(chunk)
         sync()
         return time.perf_counter() - start
@@ -82,7 +85,7 @@ def main() -> None:
     name = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(
         f"Lite0, {len(samples)} image(s), {args.steps} steps ({len(perturbed[0])} forwards per "
-        f"image), chunks of {args.batch_size}; {name}, threads {torch.get_num_threads()}, "
+        f"image), chunks of {chunk_size}; {name}, threads {torch.get_num_threads()}, "
         f"torch {torch.__version__}"
     )
     print(

@@ -3,11 +3,12 @@ on the same perturbed images.
 
 Nearly all the metric's cost is forward passes (2 * (n_steps - 1) + 2 images per map, 448
 at 224 steps). The floor is those very images, built beforehand and fed to the model in
-chunks of the same size under ``torch.inference_mode()``; the metric additionally builds
+chunks of the same size (``--batch-size``, capped by the memory budget of tgrad.budget
+as the metric's are) under ``torch.inference_mode()``; the metric additionally builds
 them chunk by chunk and reads the scores. Both are timed in the same run, interleaved;
 the table gives the median of each and their ratio (target: at most 1.2).
 
-    python benchmarks/bench_metrics.py                       # Lite0, 224 steps, chunks of 64
+    python benchmarks/bench_metrics.py                       # Lite0, 224 steps, --batch-size 64
     python benchmarks/bench_metrics.py --steps 56 --repeats 3
 """
 
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tgrad.budget import images_per_chunk
 from tgrad.images import load_image
 from tgrad.metrics import blur_substrate, insertion_deletion
 from tgrad.models import load_model
@@ -68,10 +70,11 @@ def main() -> None:
     x = loaded.preprocessing(load_image(PHOTO))[None]
     saliency = TGrad(model)(x).saliency
     images = perturbed_images(x, saliency[0], args.steps)
+    chunk_size = images_per_chunk(model, x, args.batch_size, gradients=False)
 
     def floor() -> None:
         with torch.inference_mode():
-            for chunk in images.split(args.batch_size):
+            for chunk in images.split(chunk_size):
                 model(chunk)
 
     def metric() -> None:
@@ -79,7 +82,8 @@ def main() -> None:
 
     print(
         f"Lite0, 1 map, {args.steps} steps, {len(images)} forwards in chunks of "
-        f"{args.batch_size}; cpu, threads: {torch.get_num_threads()}, torch {torch.__version__}"
+        f"{chunk_size} (--batch-size {args.batch_size}, memory budget); cpu, threads: "
+        f"{torch.get_num_threads()}, torch {torch.__version__}"
     )
     with torch.inference_mode():
         model(images[: args.batch_size])  # warm-up

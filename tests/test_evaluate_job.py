@@ -12,10 +12,8 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from tests.nets import SmallCNN, perturb
 from tgrad import cli
 from tgrad.evaluate import (
     TABLE_COLUMNS,
+    NothingEvaluatedError,
     evaluate,
     imagenet_wnids,
     list_images,
@@ -220,7 +219,8 @@ def test_job_writes_the_table_and_charts_and_resumes_to_the_same_numbers(
         progress=False,
         log=lines.append,
     )
-    assert "3 unit(s) done, 7 to do" in lines[0]
+    assert "line 4 is not a complete JSON record; skipped" in lines[0]
+    assert "3 unit(s) done, 7 to do" in lines[1]
     assert len((out / "results.jsonl").read_text().splitlines()) == 10  # torn line cut off
     assert _table(out) == _table(tmp_path / "whole")
     assert _per_image(out) == _per_image(tmp_path / "whole")
@@ -267,6 +267,137 @@ def test_unreadable_images_are_left_out_and_not_retried(tmp_path, one_thread):
 
 
 # --------------------------------------------------------------------------------------
+# The records read back: validated, undecodable lines skipped, conflicts refused
+
+GOOD = {
+    "image": "a.png",
+    "method": "vanilla",
+    "target": 3,
+    "target_from": "top1",
+    "insertion": 0.5,
+    "deletion": 0.25,
+    "average_drop": 12.5,
+    "increase_in_confidence": 0.0,
+    "original": 0.75,
+    "masked": 0.5,
+    "ms_map": 3.0,
+    "ms_total": 9.0,
+}
+
+
+def _write_lines(out: Path, *lines: bytes | str | dict, name: str = "results.jsonl") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    with open(path, "ab") as f:
+        for line in lines:
+            if isinstance(line, dict):
+                line = json.dumps(line)
+            f.write((line.encode() if isinstance(line, str) else line) + b"\n")
+    return path
+
+
+def test_undecodable_lines_are_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    other = {**GOOD, "image": "b.png"}
+    _write_lines(tmp_path, GOOD, b'{"image": "\xff\xfe.png"}', "{not json", other, '{"image": ')
+    warnings = []
+    records = read_records(tmp_path, warn=warnings.append)
+    assert set(records) == {("a.png", "vanilla"), ("b.png", "vanilla")}
+    assert len(warnings) == 3
+    assert "results.jsonl: line 2 is not UTF-8" in warnings[0]
+    assert "results.jsonl: line 3 is not a complete JSON record" in warnings[1]
+    assert "results.jsonl: line 5 is not a complete JSON record" in warnings[2]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"insertion": float("nan")}, r"'insertion' must be a finite number in \[0, 1\], got nan"),
+        ({"deletion": "0.3"}, "'deletion' must be a number"),
+        (
+            {"average_drop": 140.0},
+            r"'average_drop' must be a finite number in \[0, 100\], got 140.0",
+        ),
+        ({"masked": True}, "'masked' must be a number"),
+        ({"ms_map": float("inf")}, "'ms_map' must be a finite number"),
+        ({"target": 2.5}, "'target' must be a class index"),
+        ({"target": -1}, "'target' must be a class index"),
+        ({"target_from": "guess"}, "'target_from' must be"),
+        ({"image": ""}, "'image' must be a non-empty string"),
+        ({"method": 7}, "'method' must be a non-empty string"),
+        ({"error": 404}, "'error' must be a string"),
+    ],
+)
+def test_a_record_that_is_not_valid_stops_the_job_naming_file_and_line(tmp_path, change, message):
+    bad = {**GOOD, "image": "b.png", **change}
+    _write_lines(tmp_path, GOOD, bad)
+    with pytest.raises(ValueError, match=rf"results\.jsonl: line 2: {message}"):
+        read_records(tmp_path)
+    (tmp_path / "results.jsonl").unlink()
+    _write_lines(tmp_path, "[1, 2]")
+    with pytest.raises(ValueError, match="line 1: a record is a JSON object, got list"):
+        read_records(tmp_path)
+
+
+def test_a_conflicting_duplicate_is_an_error_an_identical_one_is_harmless(tmp_path):
+    again = {**GOOD, "ms_map": 4.0, "ms_total": 11.0}  # the same results, other times
+    _write_lines(tmp_path, GOOD, GOOD)
+    _write_lines(tmp_path, again, name="results.rank1.jsonl")
+    assert read_records(tmp_path) == {("a.png", "vanilla"): GOOD}  # the first is kept
+    _write_lines(tmp_path, {**GOOD, "insertion": 0.75})
+    with pytest.raises(
+        ValueError,
+        match=r"results\.jsonl: line 3 gives other results .* than results\.jsonl line 1",
+    ):
+        read_records(tmp_path)
+
+
+def test_a_corrupted_results_file_is_refused_by_the_job(folder, tmp_path, one_thread):
+    model = _tiny_model()
+    out = tmp_path / "out"
+    evaluate(folder, model, ["vanilla"], n=2, out=out, steps=4, progress=False, log=print)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    (out / "results.jsonl").write_text(
+        "\n".join([*lines, json.dumps({**record, "deletion": 0.0})]) + "\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"line 3 gives other results .* than results\.jsonl line 2"
+    ):
+        evaluate(folder, model, ["vanilla"], n=2, out=out, steps=4, progress=False, log=print)
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--images",
+                str(folder),
+                "--methods",
+                "vanilla",
+                "-n",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+
+
+def test_nothing_evaluated_is_an_error_not_a_table_of_nans(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not a png")
+    (images / "b.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    with pytest.raises(NothingEvaluatedError, match="none of the 2 image"):
+        evaluate(images, _tiny_model(), ["vanilla"], out=out, steps=4, progress=False, log=print)
+    assert not (out / "table.csv").exists()
+    args = ["evaluate", "--images", str(images), "--methods", "vanilla", "--steps", "4"]
+    assert cli.main([*args, "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert "error: nothing was evaluated" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------
 # The command line with the real model: killed and rerun; torchrun with two processes
 
 # The sample size is given as -n: torchrun's own parser takes --n for an abbreviation of
@@ -289,10 +420,13 @@ def reference(folder, tmp_path_factory, one_thread) -> Path:
     return out
 
 
-def test_cli_run_killed_half_way_and_rerun_ends_with_the_same_table(
+def test_cli_run_stopped_half_way_and_rerun_ends_with_the_same_table(
     folder, reference, tmp_path, one_thread, capsys
 ):
-    out = tmp_path / "killed"
+    """The job's test hook stops the command after exactly 2 new units (exit code 3); a
+    write torn by a kill is added by hand. The rerun does the other 4 and ends with the
+    uninterrupted run's numbers."""
+    out = tmp_path / "stopped"
     command = [
         sys.executable,
         "-m",
@@ -304,25 +438,19 @@ def test_cli_run_killed_half_way_and_rerun_ends_with_the_same_table(
         "--out",
         str(out),
     ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    results = out / "results.jsonl"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if results.exists() and results.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    done = len(read_records(out))
-    assert 2 <= done < 6
+    env = dict(_env(), TGRAD_EVALUATE_STOP_AFTER="2")
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert len(read_records(out)) == 2
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"image": "f.png", "method": "gradc')  # a write cut short by a kill
     assert cli.main(["evaluate", "--images", str(folder), *CLI_ARGS, "--out", str(out)]) == 0
-    assert "images/s" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "images/s" in captured.out
+    assert "2 unit(s) done, 4 to do" in captured.err
+    assert re.search(r"results\.jsonl: line 3 is not a complete JSON record; skipped", captured.err)
     assert len(read_records(out)) == 6
+    assert len((out / "results.jsonl").read_text().splitlines()) == 6  # torn line cut off
     assert _table(out) == _table(reference)
     assert _per_image(out) == _per_image(reference)
 

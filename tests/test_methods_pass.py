@@ -26,7 +26,7 @@ NAMES = (
     "smoothgrad",
 )
 FAST = {  # few steps and samples: these tests are about plumbing, not convergence
-    "integrated_gradients": {"steps": 3, "batch_size": 4},
+    "integrated_gradients": {"steps": 3, "batch_size": 4, "baseline": "zero"},
     "smoothgrad": {"samples": 3, "batch_size": 4},
     "scorecam": {"batch_size": 3},
 }
@@ -52,7 +52,10 @@ def test_registry():
     }
     assert METHODS["integrated_gradients"].options["steps"] == 50
     assert METHODS["smoothgrad"].options["samples"] == 50
-    assert METHODS["smoothgrad"].options["sigma"] == 0.1
+    assert METHODS["smoothgrad"].options["noise_level"] == 0.15  # SPEC 3
+    assert METHODS["smoothgrad"].options["sigma"] is None  # an absolute sigma when given
+    assert METHODS["integrated_gradients"].options["baseline"] == "black"  # SPEC 3
+    assert "sign" in METHODS["eigencam"].description  # its sign correction, named
     assert METHODS["scorecam"].options["batch_size"] == 16
     assert all(METHODS[n].options["layer"] is None for n in families if families[n] == "cam")
     with pytest.raises(TypeError):
@@ -181,7 +184,10 @@ def test_layer_override_and_errors():
         explain(model, x, methods="gradcam", options={"gradcam": {"steps": 3}})
     with pytest.raises(ValueError, match="at least 2 steps"):
         explain(
-            model, x, methods="integrated_gradients", options={"integrated_gradients": {"steps": 1}}
+            model,
+            x,
+            methods="integrated_gradients",
+            options={"integrated_gradients": {"steps": 1, "baseline": "zero"}},
         )
 
 
@@ -211,7 +217,7 @@ def test_model_untouched_and_no_hook_left_also_on_errors():
     assert_untouched(model, before, x, output)
     failing = [
         ({"target": 99}, ValueError),  # inside the shared pass, after the forward
-        ({"options": {"integrated_gradients": {"steps": 0}}}, ValueError),  # after the pass
+        ({"options": {"integrated_gradients": {"steps": 0, "baseline": "zero"}}}, ValueError),
         ({"options": {"smoothgrad": {"samples": 0}}}, ValueError),
     ]
     for kwargs, error in failing:
@@ -257,3 +263,47 @@ def test_fullgrad_reduces_each_term_on_arrival_and_leaves_tgrad_terms_bit_identi
         torch.testing.assert_close(maps.by_grid[grid], m, rtol=1e-5, atol=1e-5)
     together = explain(model, x, methods=("tgrad", "fullgrad"))["tgrad"]
     assert torch.equal(together, explain(model, x, methods="tgrad")["tgrad"])
+
+
+class PointerSpy(nn.Module):
+    """Records the size and the storage of every input it is called with."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.seen.append((x.shape[0], x.untyped_storage().data_ptr()))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    ("method", "gradients", "images"),
+    [("integrated_gradients", True, 2), ("smoothgrad", True, 2), ("scorecam", False, 3)],
+)
+def test_slow_methods_chunk_by_the_memory_budget_in_one_buffer(
+    monkeypatch, method, gradients, images
+):
+    """A budget of ``images + 0.5`` images (tgrad.budget's cost of one) caps every chunk at
+    ``images`` however large ``batch_size`` is; every chunk is written into the same
+    buffer; the map is the one of unbounded chunks."""
+    from tgrad.budget import BUDGET_ENV, image_bytes
+
+    model, x = small_cnn(), batch(9, 2)
+    options = {
+        "integrated_gradients": {"steps": 5, "batch_size": 64, "baseline": "zero"},
+        "smoothgrad": {"samples": 5, "batch_size": 64},
+        "scorecam": {"batch_size": 64},
+    }
+    free = explain(model, x, [1, 3], method, options)[method]
+    spy = PointerSpy(model).eval()
+    cost = image_bytes(spy, x, gradients)
+    spy.seen.clear()
+    monkeypatch.setenv(BUDGET_ENV, str((images + 0.5) * cost / 2**20))
+    capped = explain(spy, x, [1, 3], method, options)[method]
+    torch.testing.assert_close(capped, free, rtol=1e-6, atol=1e-9)
+    # after the shared pass; ScoreCAM: after finding its layer, the pass and its zero mask
+    chunks = spy.seen[3 if method == "scorecam" else 1 :]
+    assert len(chunks) > 1 and max(n for n, _ in chunks) == images
+    assert len({pointer for _, pointer in chunks}) == 1  # one buffer for every chunk

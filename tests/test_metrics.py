@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.nets import small_cnn
 from tgrad.metrics import average_drop_increase, blur_substrate, insertion_deletion
@@ -177,9 +178,71 @@ def test_chunks_of_batch_size_under_inference_mode_without_hooks():
         spy, x.requires_grad_(True), saliency, n_steps=4, substrate=ZEROS, batch_size=5
     )
     sizes = [n for n, _, _ in spy.seen]
-    # 2 end points (image, substrate) + 2 curves x 3 inner steps = 8 images per image
-    assert sum(sizes) == 3 * 8 and max(sizes) <= 5
+    # first the memory budget's probe of one image (tgrad.budget), then 2 end points
+    # (image, substrate) + 2 curves x 3 inner steps = 8 images per image
+    assert sizes[0] == 1
+    assert sum(sizes[1:]) == 3 * 8 and max(sizes) <= 5
     assert all(inference and not hooks for _, inference, hooks in spy.seen)
+
+
+def test_chunks_follow_the_memory_budget_and_change_no_number(monkeypatch):
+    """One image of the toy costs 3 x its largest tensor + itself (tgrad.budget); a budget
+    of 2.5 such images gives chunks of 2 however large batch_size is."""
+    from tgrad.budget import BUDGET_ENV, image_bytes
+
+    model, x, saliency = toy(batch=3)
+    free = insertion_deletion(model, x, saliency, n_steps=4, substrate=ZEROS, batch_size=64)
+    free_drop = average_drop_increase(model, x, saliency, batch_size=64)
+    spy = Spy(model).eval()
+    per_image = image_bytes(spy, x, gradients=False)
+    monkeypatch.setenv(BUDGET_ENV, str(2.5 * per_image / 2**20))
+    capped = insertion_deletion(spy, x, saliency, n_steps=4, substrate=ZEROS, batch_size=64)
+    drop = average_drop_increase(spy, x, saliency, batch_size=64)
+    sizes = [n for n, _, _ in spy.seen]
+    assert sizes[0] == 1 and max(sizes) == 2  # image_bytes' probe, then chunks of <= 2
+    assert sum(sizes[1:]) == 3 * 8 + 2 * 3  # insertion/deletion, then average drop
+    for name in ("insertion", "deletion", "insertion_auc", "deletion_auc"):
+        torch.testing.assert_close(getattr(capped, name), getattr(free, name), atol=0, rtol=0)
+    torch.testing.assert_close(drop.masked, free_drop.masked, atol=0, rtol=0)
+
+
+class MeanScore(nn.Module):
+    """Two logits from the image's mean: nothing it computes is as large as an image."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, -m], 1)
+
+
+class LargeTensors(TorchDispatchMode):
+    """Counts the new tensors of at least ``numel`` elements that operations return."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and not func.is_view and out.numel() >= self.numel:
+            self.count += 1  # a view (a slice of the buffer) allocates nothing
+        return out
+
+
+def test_perturbed_images_are_built_in_one_buffer():
+    """448 perturbed images in chunks of 8 make one image-sized buffer, not one per chunk:
+    besides the substrate and the upsampled map, nothing as large as 2 images is made."""
+    model = MeanScore().eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    saliency = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(4))
+    image = 3 * 16 * 16
+    with LargeTensors(2 * image) as seen:
+        insertion_deletion(model, x, saliency, n_steps=112, batch_size=8)
+    # the blur's padded copy and its output (the substrate), the buffer of 8 images and
+    # the buffer of their masks (8 x 16 x 16 booleans)
+    assert seen.count == 4, seen.count
+    with LargeTensors(2 * image) as seen:
+        average_drop_increase(model, x, saliency, batch_size=1)
+    assert seen.count == 0
 
 
 def test_results_are_plain_tensors_on_the_input_device_and_the_model_is_untouched():

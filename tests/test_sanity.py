@@ -400,17 +400,22 @@ def test_lite0_tgrad_fails_randomization_guided_backprop_survives(lite0_coffee_c
 # ---------------------------------------------------------------- the CLI
 
 
-def test_cli_writes_grids_curves_and_csv(tmp_path, monkeypatch, capsys):
-    from tgrad import cli
+def small_loaded():
     from tgrad.models import LoadedModel, Preprocessing
 
-    small = LoadedModel(
+    return LoadedModel(
         name="small",
         module=small_cnn(),
         preprocessing=Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.25,) * 3),
         categories=[f"class {k}" for k in range(5)],
         weights="random",
     )
+
+
+def test_cli_writes_grids_curves_and_csv(tmp_path, monkeypatch, capsys):
+    from tgrad import cli
+
+    small = small_loaded()
     monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: small)
     photos = [str(ASSETS / "coffee.jpg"), str(ASSETS / "rocket.jpg")]
     args = ["sanity", *photos, "--methods", "tgrad", "vanilla", "--out", str(tmp_path)]
@@ -436,3 +441,32 @@ def test_cli_writes_grids_curves_and_csv(tmp_path, monkeypatch, capsys):
     assert csv_last == pytest.approx(last.similarity["vanilla"]["spearman"].tolist(), abs=1e-6)
     assert cli.main(["sanity", photos[0], "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_cli_integrated_gradients_start_from_a_black_image(tmp_path, monkeypatch):
+    """The sanity command passes the model's preprocessing, so Integrated Gradients' baseline
+    is SPEC 3's black image (pixel 0, normalised), as everywhere else; methods may be
+    separated by commas."""
+    from tgrad import cli
+
+    small = small_loaded()
+    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: small)
+    photo = str(ASSETS / "chelsea.jpg")
+    args = ["sanity", photo, "--methods", "integrated_gradients,vanilla", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    with open(tmp_path / "sanity_similarity.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "integrated_gradients"]
+    x = small.preprocessing(load_image(photo))[None]
+    black = small.preprocessing.normalize(torch.zeros(3, 32, 32))
+    options = {"integrated_gradients": {"baseline": black}}
+    steps = list(cascade(small.module, x, methods=("integrated_gradients",), options=options))
+    expected = {
+        (str(s.index), m): float(s.similarity["integrated_gradients"][m][0])
+        for s in steps
+        for m in MEASURES
+    }
+    assert len(rows) == len(expected) == 4 * len(MEASURES)
+    for row in rows:
+        assert float(row["similarity"]) == pytest.approx(
+            expected[(row["step"], row["measure"])], abs=1e-6
+        )

@@ -1,10 +1,13 @@
 """``python -m tgrad``: explain images from the command line.
 
 python -m tgrad explain IMAGE [IMAGE ...] [--model NAME] [--target CLASS] [--out FILE]
-python -m tgrad explain IMAGE [IMAGE ...] --method NAME[,NAME...]|all [--out FILE]
+python -m tgrad explain IMAGE [IMAGE ...] --method M [M ...] [--out FILE]
 python -m tgrad models
-python -m tgrad sanity IMAGE [IMAGE ...] [--model NAME] [--methods M ...] [--out DIR]
-python -m tgrad evaluate --images DIR [--model NAME] [--methods all|M,M] [--n N] [--out DIR]
+python -m tgrad sanity IMAGE [IMAGE ...] [--model NAME] [--methods M [M ...]] [--out DIR]
+python -m tgrad evaluate --images DIR [--model NAME] [--methods M [M ...]] [--n N] [--out DIR]
+
+Every list of methods is written the same way: names separated by spaces or commas
+(``tgrad gradcam``, ``tgrad,gradcam``), or ``all``.
 """
 
 from __future__ import annotations
@@ -32,24 +35,65 @@ from tgrad.tgrad import TGrad, TGradResult
 
 
 def decomposition_table(result: TGradResult, sample: int = 0) -> str:
-    """Every term of the logit with its grid, contribution and share, then the gap."""
+    """Every term of the logit with its grid, contribution (logit units) and share, then
+    the gap. A share is the term's contribution over the sum of the absolute
+    contributions of all terms (:func:`tgrad.viz.total_size`), as on the explorer's page:
+    it stays meaningful when the logit is small or negative."""
+    from tgrad.viz import share_text, total_size
+
     logit = float(result.logit[sample])
+    size = total_size(result, sample)
     width = max(len(t.name) for t in result.terms) + 2
-    lines = [f"{'term':<{width}}{'kind':<22}{'grid':>9}{'contribution':>14}{'share':>9}"]
+    lines = [f"{'term':<{width}}{'kind':<22}{'grid':>9}{'contribution':>14}  share"]
     for t in result.terms:
         value = float(t.contribution[sample])
         grid = f"{t.grid[0]}x{t.grid[1]}" if t.grid else "-"
-        share = f"{100 * value / logit:+.1f}%" if logit else "-"
-        lines.append(f"{t.name:<{width}}{t.kind:<22}{grid:>9}{value:>+14.4f}{share:>9}")
+        share = share_text(value, size)
+        lines.append(f"{t.name:<{width}}{t.kind:<22}{grid:>9}{value:>+14.4f}  {share}")
     total = sum(float(t.contribution[sample]) for t in result.terms)
     lines.append(
         f"sum of {len(result.terms)} terms {total:.5f}, logit {logit:.5f}, "
-        f"completeness gap {float(result.gap[sample]):.2e}"
+        f"completeness gap {float(result.gap[sample]):.2e}; shares are of the terms' "
+        f"total absolute size {size:.5f}"
     )
     return "\n".join(lines)
 
 
+def usable_device(name: str) -> str:
+    """``--device``: ``name`` when torch can place a tensor there, else a ValueError that
+    says what is available (``cuda`` on a machine without a GPU, ``cuda:3`` with one)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError):
+        raise ValueError(f"--device {name}: torch cannot use it here; use --device cpu") from None
+    return name
+
+
+def method_names(values: Sequence[str]) -> tuple[str, ...]:
+    """``--method`` / ``--methods``: names separated by spaces or commas, or ``all``
+    (anywhere in the list), in every command."""
+    from tgrad.methods import resolve_methods
+
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    return resolve_methods("all" if "all" in names else names)
+
+
 def _explain(args: argparse.Namespace) -> int:
+    usable_device(args.device)
     if args.method is not None:
         return _explain_methods(args)
     if args.out is not None and len(args.images) > 1:
@@ -85,28 +129,20 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_names(spec: str) -> tuple[str, ...]:
-    """``--method``: ``all`` or names separated by commas."""
-    from tgrad.methods import resolve_methods
-
-    spec = spec.strip()
-    return resolve_methods("all" if spec == "all" else [n.strip() for n in spec.split(",")])
-
-
 def _explain_methods(args: argparse.Namespace) -> int:
     """``explain --method``: one figure (a row per image, a column per method, as the
     paper's Fig. 1) and the time of each method. All images go through as one batch."""
     import torch
 
-    from tgrad.methods import METHODS, explain
+    from tgrad.methods import METHODS, explain, preprocessing_options
 
-    names = _method_names(args.method)
+    names = method_names(args.method)
     loaded: LoadedModel = load_model(args.model, args.weights, device=args.device)
     target = None if args.target is None else find_class(args.target, loaded.categories)
     x = torch.stack([loaded.preprocessing(load_image(p)) for p in args.images]).to(args.device)
     options = {
+        **preprocessing_options(loaded.preprocessing),
         "tgrad": {"strict": not args.allow_gap},
-        "integrated_gradients": {"preprocessing": loaded.preprocessing},
     }
     bars: dict[str, tqdm] = {}
 
@@ -132,6 +168,13 @@ def _explain_methods(args: argparse.Namespace) -> int:
         info = METHODS[name]
         layer = maps.layers.get(name, "-") + (" (+ shared pass)" if info.single_pass else "")
         print(f"{name:<22}{info.family:<10}{maps.seconds[name] / n:>12.4f}  {layer}")
+    for name, deltas in maps.convergence_delta.items():
+        print(
+            f"{name}: baseline {METHODS[name].options['baseline']}, convergence delta "
+            "sum(attribution) - (y(x) - y(baseline)) in logit units:"
+        )
+        for path, delta in zip(args.images, deltas.tolist(), strict=True):
+            print(f"  {path}: {delta:+.5f}")
     from tgrad import viz  # matplotlib is only needed once there is something to draw
 
     out = Path(args.out) if args.out else Path(args.out_dir) / "methods.png"
@@ -167,12 +210,13 @@ def _sanity(args: argparse.Namespace) -> int:
     import torch
 
     from tgrad import viz
-    from tgrad.methods import resolve_methods
+    from tgrad.methods import preprocessing_options
     from tgrad.sanity import MEASURES, cascade, randomization_groups
 
+    usable_device(args.device)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    methods = resolve_methods(args.methods)
+    methods = method_names(args.methods)
     loaded = load_model(args.model, args.weights, device=args.device)
     target = None if args.target is None else find_class(args.target, loaded.categories)
     images = [loaded.preprocessing(load_image(p)) for p in args.images]  # fail before the run
@@ -195,6 +239,7 @@ def _sanity(args: argparse.Namespace) -> int:
                 methods,
                 seed=args.seed,
                 mode=args.mode,
+                options=preprocessing_options(loaded.preprocessing),
                 rederive_target=args.rederive_target,
             )
             for step in steps:
@@ -231,11 +276,11 @@ def _sanity(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tgrad.evaluate import evaluate
 
-    names = [n.strip() for spec in args.methods for n in spec.split(",") if n.strip()]
+    usable_device(args.device)
     report = evaluate(
         args.images,
         args.model,
-        "all" if "all" in names else names,
+        method_names(args.methods),
         args.n,
         args.batch_size,
         args.device,
@@ -255,6 +300,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tgrad``."""
+    from tgrad.methods import METHODS
+
+    methods_help = f"names separated by spaces or commas, or 'all' ({', '.join(METHODS)})"
     parser = argparse.ArgumentParser(prog="python -m tgrad", description="T-Grad explanations")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser(
@@ -277,10 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--method",
-        help="compare methods instead: NAME[,NAME...] or 'all' (tgrad, gradcam, gradcam++, "
-        "xgradcam, eigencam, scorecam, fullgrad, vanilla, input_x_gradient, "
-        "integrated_gradients, smoothgrad, guided_backprop; the controls random, edge); "
-        "writes one figure (--out, default "
+        nargs="+",
+        help=f"compare methods instead: {methods_help}; writes one figure (--out, default "
         "OUT_DIR/methods.png) and prints each method's time",
     )
     ex.set_defaults(run=_explain)
@@ -297,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["tgrad", "guided_backprop"],
-        help="methods to check, or 'all' (default: tgrad guided_backprop)",
+        help=f"methods to check: {methods_help} (default: tgrad guided_backprop)",
     )
     sa.add_argument("--out", default="sanity", help="folder for the PNGs and CSV")
     sa.add_argument("--seed", type=int, default=0, help="seeds the random weights")
@@ -328,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["all"],
-        help="'all' (default) or method names, separated by spaces or commas",
+        help=f"methods to score: {methods_help} (default: all)",
     )
     ev.add_argument(
         "--n",

@@ -22,11 +22,17 @@ What it does (:func:`evaluate`):
   perturbed images per forward pass), so a unit's numbers do not depend on which other
   images share a process or a run.
 * **Resume.** Each finished unit is appended to a JSON-lines file as one record, flushed
-  and fsynced. On start every ``results*.jsonl`` in the output folder is read (a torn last
-  line from a kill is ignored and cut off) and the units it holds are skipped, so a run
-  stopped at any point and started again ends with the numbers of an uninterrupted run.
-  ``run.json`` holds the settings that change numbers (folder, model, weights, steps,
-  seed); a rerun with other settings into the same folder is refused.
+  and fsynced. On start every ``results*.jsonl`` in the output folder is read and the
+  units it holds are skipped, so a run stopped at any point and started again ends with
+  the numbers of an uninterrupted run. Records are checked as they are read
+  (:func:`read_records`): a line that does not decode (a torn last line from a kill, a
+  line that is not UTF-8 or not JSON) is skipped with a warning naming file and line (a
+  torn last line is also cut off); a record with a wrong type, a number out of range or
+  not finite, or a second record of a unit with other results, stops the job with an
+  error naming file and line. ``run.json`` holds the settings that change numbers
+  (folder, model, weights, steps, seed); a rerun with other settings into the same
+  folder is refused. A job in which no image could be read writes no report and raises
+  :class:`NothingEvaluatedError`.
 * **Many processes.** Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the job
   joins a ``torch.distributed`` group (NCCL on GPUs, gloo on CPU), agrees with the other
   ranks on the units already done, takes every ``world``-th image still to do, writes its
@@ -60,7 +66,7 @@ import torch
 from tqdm import tqdm
 
 from tgrad.images import ImageLoadError, load_image
-from tgrad.methods import explain, resolve_methods
+from tgrad.methods import explain, preprocessing_options, resolve_methods
 from tgrad.methods.controls import controls_last, is_control
 from tgrad.metrics import average_drop_increase, insertion_deletion
 from tgrad.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -68,8 +74,11 @@ from tgrad.models import DEFAULT_MODEL, LoadedModel, load_model
 __all__ = [
     "IMAGE_SUFFIXES",
     "TABLE_COLUMNS",
+    "NothingEvaluatedError",
+    "RecordError",
     "Report",
     "Sample",
+    "check_record",
     "evaluate",
     "imagenet_wnids",
     "list_images",
@@ -185,20 +194,111 @@ def _results_file(out: Path, rank: int, world: int) -> Path:
     return out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
 
 
-def read_records(out: str | Path) -> dict[tuple[str, str], dict]:
-    """Every complete record in ``out/results*.jsonl``, keyed by (image, method); files in
-    sorted order, the first record of a key wins. Lines that do not parse (a torn write)
-    are skipped."""
+_UNIT_RANGES: dict[str, tuple[float, float]] = {
+    "insertion": (0.0, 1.0),
+    "deletion": (0.0, 1.0),
+    "average_drop": (0.0, 100.0),
+    "increase_in_confidence": (0.0, 100.0),
+    "original": (0.0, 1.0),
+    "masked": (0.0, 1.0),
+    "ms_map": (0.0, math.inf),
+    "ms_total": (0.0, math.inf),
+}
+"""The numbers of a unit's record and their ranges (AUCs and probabilities in [0, 1],
+percentages in [0, 100], times in ms)."""
+_TIMES = ("ms_map", "ms_total")  # differ between runs; every other field is a result
+
+
+class RecordError(ValueError):
+    """A results file holds a record that cannot be trusted (named by file and line)."""
+
+
+def check_record(record: object) -> str | None:
+    """What is wrong with one record of a results file, or None when it is valid.
+
+    A record is a JSON object with a non-empty ``image`` and ``method`` (strings), and
+    either an ``error`` (a string: the image could not be read) or a unit's numbers: an
+    integer ``target`` >= 0, ``target_from`` ``"top1"`` or ``"wnid"``, and each number of
+    :data:`_UNIT_RANGES` finite and in its range.
+    """
+    if not isinstance(record, dict):
+        return f"a record is a JSON object, got {type(record).__name__}"
+    for key in ("image", "method"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"{key!r} must be a non-empty string"
+    if "error" in record:
+        return None if isinstance(record["error"], str) else "'error' must be a string"
+    target = record.get("target")
+    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+        return f"'target' must be a class index (an integer >= 0), got {_excerpt(target)}"
+    if record.get("target_from") not in ("top1", "wnid"):
+        return f"'target_from' must be 'top1' or 'wnid', got {_excerpt(record.get('target_from'))}"
+    for key, (low, high) in _UNIT_RANGES.items():
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key!r} must be a number, got {_excerpt(value)}"
+        if not math.isfinite(value) or not low <= value <= high:
+            return f"{key!r} must be a finite number in [{low:g}, {high:g}], got {value!r}"
+    return None
+
+
+def _excerpt(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    """Two records of one unit that agree on everything but the times."""
+    return {k: v for k, v in a.items() if k not in _TIMES} == {
+        k: v for k, v in b.items() if k not in _TIMES
+    }
+
+
+def read_records(
+    out: str | Path, warn: Callable[[str], None] | None = None
+) -> dict[tuple[str, str], dict]:
+    """Every record in ``out/results*.jsonl``, keyed by (image, method); files in sorted
+    order.
+
+    A line that is not UTF-8 or not complete JSON (a write torn by a kill) is skipped with
+    a warning naming the file and line (``warn``, default: stderr), and its unit is done
+    again. A record that parses but is not valid (:func:`check_record`), or a second
+    record of a unit with other results than the first, is a :class:`RecordError` naming
+    both lines: it cannot be told which to trust. A second record with the same results
+    (a copied file; only the times may differ) is harmless, and the first is kept.
+    """
+    say = warn or (lambda line: print(line, file=sys.stderr))
     records: dict[tuple[str, str], dict] = {}
+    where: dict[tuple[str, str], str] = {}
     for path in sorted(Path(out).glob("results*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    key = (record["image"], record["method"])
-                except (ValueError, KeyError, TypeError):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                here = f"{path.name} line {number}"
+                if not raw.strip():
                     continue
-                records.setdefault(key, record)
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    say(f"warning: {path}: line {number} is not UTF-8 text; skipped")
+                    continue
+                except ValueError:
+                    say(f"warning: {path}: line {number} is not a complete JSON record; skipped")
+                    continue
+                problem = check_record(record)
+                if problem is not None:
+                    raise RecordError(
+                        f"{path}: line {number}: {problem}; delete that line (its unit is "
+                        "then done again) or choose another --out"
+                    )
+                key = (record["image"], record["method"])
+                if key not in records:
+                    records[key], where[key] = record, here
+                elif not _same_result(records[key], record):
+                    raise RecordError(
+                        f"{path}: line {number} gives other results for image "
+                        f"{_excerpt(key[0])} and method {_excerpt(key[1])} than {where[key]}; "
+                        "delete the one not to trust (or both: the unit is then done again)"
+                    )
     return records
 
 
@@ -257,10 +357,7 @@ def _evaluate_unit(
 ) -> tuple[dict, torch.Tensor]:
     """One image and one method: the map (timed), insertion/deletion, drop/increase.
     Returns the record's numbers and the class explained [1]."""
-    options = {
-        "tgrad": {"strict": True},
-        "integrated_gradients": {"preprocessing": loaded.preprocessing},
-    }
+    options = {**preprocessing_options(loaded.preprocessing), "tgrad": {"strict": True}}
     _synchronize(x.device)
     start = time.perf_counter()
     maps = explain(loaded.module, x, target, (method,), options)
@@ -288,6 +385,10 @@ def _evaluate_unit(
 
 # --------------------------------------------------------------------------------------
 # The report
+
+
+class NothingEvaluatedError(ValueError):
+    """No unit of the sample has a result (every image failed to load): no report."""
 
 
 @dataclass(frozen=True)
@@ -584,7 +685,7 @@ def _run(
 
     # Agree on what is done: every rank reads its folder (shared or not), then the keys
     # are pooled, so every rank computes the same list of work still to do.
-    records = read_records(out)
+    records = read_records(out, warn=say)
     keys_by_rank = _all_gather(sorted(records), group)
     _barrier(group)
     if group.rank == 0:
@@ -659,12 +760,17 @@ def _run(
     rows = summarize(merged, keys, names)
     errors = {k: r["error"] for (k, _), r in sorted(merged.items()) if "error" in r}
     failed = sorted(set(keys) & errors.keys())
+    for key in failed:
+        say(f"left out {key}: {errors[key]}")
+    if not any(row["n"] for row in rows):
+        raise NothingEvaluatedError(
+            f"nothing was evaluated: none of the {len(samples)} image(s) in "
+            f"{str(images)!r} could be read (see above); no report written"
+        )
     title = (
         f"{loaded.name} ({weights}), {len(samples)} image(s) of {Path(images).name}, {steps} steps"
     )
     files = _write_report(out, rows, merged, keys, names, title)
-    for key in failed:
-        say(f"left out {key}: {errors[key]}")
     ms_per_unit = {
         row["method"]: math.fsum(
             merged[(k, row["method"])]["ms_total"]

@@ -10,9 +10,11 @@
   scaled to [0, 1], against its confidence on ``x``.
 
 Every image goes through the model as it is: no hooks, under ``torch.inference_mode()``,
-perturbed images built and evaluated ``batch_size`` at a time (memory stays bounded by one
-chunk, whatever the batch and ``n_steps``). Inputs are normalised images ``[B,C,H,W]``;
-maps are ``[B,h,w]`` with ``h <= H``, ``w <= W``. Results stay on ``x``'s device.
+perturbed images written into one preallocated buffer and evaluated a chunk at a time, at
+most ``batch_size`` and at most what the memory budget allows (:mod:`tgrad.budget`), so
+memory stays bounded by one chunk, whatever the batch and ``n_steps``. Inputs are
+normalised images ``[B,C,H,W]``; maps are ``[B,h,w]`` with ``h <= H``, ``w <= W``. Results
+stay on ``x``'s device.
 
 Conventions the paper leaves open, fixed here (each a parameter where it is a choice):
 
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
+from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Target, exact_float32, resolve_target
 from tgrad.models import Preprocessing
 from tgrad.tgrad import upsample
@@ -152,7 +155,8 @@ def insertion_deletion(
             ``"blur"``: ``x`` blurred (``blur_kernel``, ``blur_sigma``); ``"black"``: pixel
             value 0 normalised with ``preprocessing``; or a tensor in normalised space
             that broadcasts to ``x`` ([B,C,H,W], [C,H,W], [C,1,1], ...).
-        batch_size: perturbed images per forward pass. Changes no number.
+        batch_size: perturbed images per forward pass at most (fewer where the memory
+            budget of :mod:`tgrad.budget` says so). Changes no number.
         score: ``"probability"`` (softmax of the logits, the protocol) or ``"logit"``.
         blur_kernel: side of the Gaussian kernel of the default substrate (odd).
         blur_sigma: its standard deviation, in pixels.
@@ -176,10 +180,10 @@ def insertion_deletion(
         x = x.detach()
         base = _substrate(x, substrate, blur_kernel, blur_sigma, preprocessing)
         ranks = _ranks(upsample(saliency.detach().to(x.device, x.dtype), (height, width)))
+        chunk = images_per_chunk(model, x, batch_size, gradients=False)
         # The unaltered images and the substrates first: they give the target and both
         # ends of both curves.
-        ends = torch.cat([x, base])
-        logits = torch.cat([model(chunk) for chunk in ends.split(batch_size)])
+        logits = torch.cat([model(part) for ends in (x, base) for part in ends.split(chunk)])
         _check_logits(logits, 2 * batch)
         t = resolve_target(target, logits[:batch])
         end_scores = _scores(logits, t.repeat(2), score).view(2, batch)
@@ -191,23 +195,23 @@ def insertion_deletion(
         curves[:, 1, changed_none] = end_scores[1, :, None]
         curves[:, 1, changed_all] = end_scores[0, :, None]
 
-        # Every other point: one perturbed image each, in chunks of batch_size.
-        step_counts = counts.to(ranks.dtype)
-        steps = torch.nonzero(~(changed_none | changed_all))[:, 0]
-        image, curve, step = (
-            torch.cartesian_prod(
-                torch.arange(batch, device=x.device), torch.arange(2, device=x.device), steps
+        # Every other point: one perturbed image each, written into one buffer per chunk.
+        steps = torch.nonzero(~(changed_none | changed_all))[:, 0].tolist()
+        jobs = [(b, c, k) for b in range(batch) for c in (0, 1) for k in steps]
+        images = chunk_buffer(x, min(chunk, len(jobs)))
+        changed = torch.empty((len(images), 1, height, width), dtype=torch.bool, device=x.device)
+        limits = counts.tolist()
+        pixel_ranks = ranks.view(batch, 1, height, width)
+        for part in _chunks(len(jobs), chunk):
+            for j, (b, c, k) in enumerate(jobs[part]):
+                torch.lt(pixel_ranks[b], limits[k], out=changed[j])
+                # deletion (c=0) puts the substrate where changed; insertion puts x there
+                first, second = (base[b], x[b]) if c == 0 else (x[b], base[b])
+                torch.where(changed[j], first, second, out=images[j])
+            b, c, k = (
+                torch.tensor(column, device=x.device) for column in zip(*jobs[part], strict=True)
             )
-            .view(-1, 3)
-            .unbind(1)
-        )
-        for job in _chunks(image.numel(), batch_size):
-            b, c, k = image[job], curve[job], step[job]
-            changed = ranks.index_select(0, b) < step_counts[k, None]  # [n, H*W]
-            # deletion (c=0) keeps x where unchanged; insertion (c=1) takes x where changed
-            take_x = (changed == c.bool()[:, None]).view(-1, 1, height, width)
-            images = torch.where(take_x, x.index_select(0, b), base.index_select(0, b))
-            curves[b, c, k] = _scores(model(images), t[b], score)
+            curves[b, c, k] = _scores(model(images[: len(b)]), t[b], score)
 
         areas = torch.trapezoid(curves.double(), fractions, dim=-1).to(curves.dtype)
     return InsertionDeletion(
@@ -241,7 +245,8 @@ def average_drop_increase(
         x: the normalised input [B,C,H,W].
         saliency: the maps [B,h,w], ``h <= H``, ``w <= W``.
         target: the class compared; ``None`` = the class predicted on ``x``.
-        batch_size: images per forward pass. Changes no number.
+        batch_size: images per forward pass at most (fewer where the memory budget of
+            :mod:`tgrad.budget` says so). Changes no number.
 
     Returns:
         An :class:`AverageDropIncrease`: both percentages as 0-d tensors, ``Y``, ``O``.
@@ -254,8 +259,14 @@ def average_drop_increase(
         low = maps.amin((1, 2), keepdim=True)
         span = maps.amax((1, 2), keepdim=True) - low
         mask = torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
-        images = torch.cat([x, mask[:, None] * x])
-        logits = torch.cat([model(chunk) for chunk in images.split(batch_size)])
+        chunk = images_per_chunk(model, x, batch_size, gradients=False)
+        images = chunk_buffer(x, min(chunk, batch))  # M * x, a chunk at a time
+        parts = [model(part) for part in x.split(chunk)]
+        for part in _chunks(batch, chunk):
+            for j, i in enumerate(range(batch)[part]):
+                torch.mul(mask[i], x[i], out=images[j])
+            parts.append(model(images[: part.stop - part.start]))
+        logits = torch.cat(parts)
         _check_logits(logits, 2 * batch)
         t = resolve_target(target, logits[:batch])
         original, masked = _scores(logits, t.repeat(2), "probability").view(2, batch).unbind()

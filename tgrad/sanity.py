@@ -323,7 +323,9 @@ def cascade(
         seed: seeds the random weights (group k: ``seed * 1000 + k``).
         mode: ``"cascading"`` (groups 1..k random at step k) or ``"independent"``
             (group k alone).
-        options: per-method options, as for :func:`tgrad.methods.explain`.
+        options: per-method options, as for :func:`tgrad.methods.explain`; Integrated
+            Gradients' default black baseline needs
+            ``tgrad.methods.preprocessing_options(loaded.preprocessing)``.
         rederive_target: explain each step's own top-1 class instead of step 0's target.
         groups: the groups in randomization order (default :func:`randomization_groups`),
             by module names of ``model``.

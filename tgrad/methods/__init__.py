@@ -6,10 +6,15 @@
 >>> maps.layers["gradcam"]   # the CAM layer it used, e.g. "features"
 
 ``options`` maps a method name to its options (unknown names are refused); the defaults
-are in ``METHODS[name].options``. Every method that needs one forward and one backward
-(``METHODS[name].single_pass``) is computed from one shared capture pass, however many
-are asked for; ScoreCAM, Integrated Gradients and SmoothGrad then run their own chunked
-forwards and report progress through ``progress(method, done, total)``.
+are in ``METHODS[name].options``. Integrated Gradients' default baseline is a black
+image, made with the model's preprocessing: pass ``options=preprocessing_options(
+loaded.preprocessing)`` (or name another baseline) when it is asked for.
+
+Every method that needs one forward and one backward (``METHODS[name].single_pass``) is
+computed from one shared capture pass, however many are asked for; ScoreCAM, Integrated
+Gradients and SmoothGrad then run their own chunked forwards and report progress through
+``progress(method, done, total)``. ``maps.convergence_delta["integrated_gradients"]`` is
+IG's ``sum(attribution) - (y(x) - y(baseline))`` per sample.
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 "eigencam",
                 "cam",
                 True,
-                "EigenCAM: first principal component of the activations (no gradient)",
+                "EigenCAM: first principal component of the activations (no gradient), "
+                "its sign corrected so the largest magnitude is positive",
                 EigenCAM,
                 **_CAM_LAYER,
             ),
@@ -137,9 +143,10 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 "integrated_gradients",
                 "gradient",
                 False,
-                "Integrated Gradients: gradients along the path from a black image",
+                "Integrated Gradients: gradients along the straight path from a baseline "
+                "(a black image unless named), trapezoid rule",
                 IntegratedGradients,
-                baseline=None,
+                baseline="black",
                 preprocessing=None,
                 steps=50,
                 batch_size=32,
@@ -151,7 +158,8 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 "SmoothGrad: gradients averaged over noisy copies of the image",
                 SmoothGrad,
                 samples=50,
-                sigma=0.1,
+                noise_level=0.15,
+                sigma=None,
                 seed=0,
                 batch_size=32,
             ),
@@ -197,12 +205,18 @@ class Maps(dict[str, Tensor]):
     """The explained class of each sample [B]."""
     logits: Tensor
     """The model's logits on x [B,K]."""
+    convergence_delta: dict[str, Tensor]
+    """Per method that integrates along a path (Integrated Gradients): ``sum(attribution)
+    - (y(x) - y(baseline))`` per sample [B], in logit units, before the channel reduction
+    (SPEC 3; 0 for a linear model, shrinking as the number of steps grows)."""
 
 
 def resolve_methods(methods: str | Iterable[str]) -> tuple[str, ...]:
     """Method names from one name, ``"all"``, or several names (order kept)."""
-    names = tuple(METHODS) if methods == "all" else (
-        (methods,) if isinstance(methods, str) else tuple(methods)
+    names = (
+        tuple(METHODS)
+        if methods == "all"
+        else ((methods,) if isinstance(methods, str) else tuple(methods))
     )
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
@@ -261,11 +275,24 @@ def explain(
     maps.layers = {n: m.layer for n, m in built.items() if isinstance(m, CAM)}
     maps.seconds = {}
     maps.target, maps.logits = record.target, record.logits
+    maps.convergence_delta = {}
     for name, method in built.items():
         start = time.perf_counter()
         maps[name] = method.attribute(record)
         maps.seconds[name] = time.perf_counter() - start
+        delta = getattr(method, "convergence_delta", None)
+        if delta is not None:
+            maps.convergence_delta[name] = delta
     return maps
 
 
-__all__ = ["METHODS", "Maps", "MethodInfo", "explain", "resolve_methods"]
+def preprocessing_options(preprocessing: Any) -> dict[str, dict[str, Any]]:
+    """The options of every method that needs the model's preprocessing, for ``explain``'s
+    ``options``: Integrated Gradients' default baseline is a black image (pixel value 0,
+    then normalised), so it needs ``preprocessing`` (a :class:`tgrad.models.Preprocessing`)
+    to make it. Options of methods not asked for are ignored, so this can always be passed.
+    """
+    return {"integrated_gradients": {"preprocessing": preprocessing}}
+
+
+__all__ = ["METHODS", "Maps", "MethodInfo", "explain", "preprocessing_options", "resolve_methods"]

@@ -7,12 +7,13 @@ term's gradient arrives (no element-wise contribution is kept).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tgrad.capture import Keep, OnGrad, OnOp, OnUnseen, Record
 from tgrad.decompose import Decomposition, Term, TermCollector, check_decomposable, check_gap
 from tgrad.methods.base import Setup, input_size
-from tgrad.tgrad import aggregate, upsample
+from tgrad.tgrad import aggregate
 
 
 class SharedTerms:
@@ -125,12 +126,21 @@ class FullGradMaps:
 class FullGrad(BiasMethod):
     """FullGrad (Srinivas & Fleuret 2019): ``postprocess(x * dy/dx)`` plus, for every spatial
     bias term of the decomposition, ``upsample(postprocess(b_t * dy/dz_t))`` (bilinear,
-    align_corners=False). The bias terms are SPEC 2's layer terms: a saturating
-    activation's constants join the term of the layer that feeds it."""
+    align_corners=True, as the authors' code; SPEC 3). The bias terms are SPEC 2's layer
+    terms: a saturating activation's constants join the term of the layer that feeds it."""
 
     def attribute(self, record: Record) -> Tensor:
         size = input_size(record)
         self.shared.terms(record)  # the input term is reduced when the terms are finished
         by_grid = self.shared.fullgrad.by_grid
         # upsampling is linear: one per grid size
-        return torch.stack([upsample(m, size) for m in by_grid.values()]).sum(0)
+        return torch.stack([fullgrad_upsample(m, size) for m in by_grid.values()]).sum(0)
+
+
+def fullgrad_upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """FullGrad's upsampling of maps [B,h,w] to [B,*size]: bilinear with
+    align_corners=True, as in the FullGrad authors' code (``F.interpolate(...,
+    mode='bilinear', align_corners=True)``); maps already of that size are returned."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Keep, OnGrad, Record, capture
 from tgrad.methods.base import Setup, activation, calls_of, input_size, no_grad_kept
 from tgrad.tgrad import upsample
@@ -32,9 +33,7 @@ GLOBAL_POOLING = (
 )
 """The pooling that ends the feature extractor of the zoo's models."""
 
-_layer_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = (
-    weakref.WeakKeyDictionary()
-)
+_layer_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
 _layer_lock = threading.Lock()
 
 
@@ -174,9 +173,11 @@ class EigenCAM(CAM):
 class ScoreCAM(CAM):
     """ScoreCAM: ``w = softmax over channels of y(x * M_c)``, with ``M_c`` channel c of the
     activation upsampled to the input (bilinear, align_corners=True as pytorch-grad-cam)
-    and min-max normalised. One forward per channel, ``batch_size`` (16) inputs per
-    forward, no hooks; channels whose activation is constant give the same all-zero
-    mask, evaluated once."""
+    and min-max normalised. One forward per channel, no hooks; channels whose activation
+    is constant give the same all-zero mask, evaluated once. The masked images of a chunk
+    are written into one buffer reused by every chunk; a chunk holds at most
+    ``batch_size`` (16) images and at most what the memory budget allows
+    (:mod:`tgrad.budget`)."""
 
     needs_grad = False
 
@@ -187,17 +188,24 @@ class ScoreCAM(CAM):
         lo, hi = torch.aminmax(a.flatten(2), dim=2)
         varying = (hi > lo).nonzero().tolist()  # [(b, c)]; a constant channel's mask is 0
         scores = torch.empty(batch, channels, device=x.device, dtype=x.dtype)
-        chunk = int(self.options["batch_size"])
         total = len(varying) + 1
         with torch.no_grad():
             zero = model(torch.zeros_like(x[:1]))[0]  # x * (all-zero mask)
             scores[:] = zero[target][:, None]
+            if not varying:
+                return torch.softmax(scores, dim=1)
+            chunk = images_per_chunk(model, x, int(self.options["batch_size"]), gradients=False)
+            chunk = min(chunk, len(varying))
+            images = chunk_buffer(x, chunk)
             for start in range(0, len(varying), chunk):
                 bs, cs = torch.tensor(varying[start : start + chunk], device=x.device).T
-                maps = F.interpolate(a[bs, cs][:, None], size, mode="bilinear", align_corners=True)
-                low, high = torch.aminmax(maps.flatten(1), dim=1)
-                masks = (maps - low[:, None, None, None]) / (high - low + 1e-8)[:, None, None, None]
-                logits = model(x[bs] * masks)
+                masks = F.interpolate(a[bs, cs][:, None], size, mode="bilinear", align_corners=True)
+                low, high = torch.aminmax(masks.flatten(1), dim=1)
+                masks.sub_(low[:, None, None, None]).div_((high - low + 1e-8)[:, None, None, None])
+                for j, (b, mask) in enumerate(zip(bs.tolist(), masks, strict=True)):
+                    torch.mul(x[b], mask, out=images[j])
+                logits = model(images[: len(bs)])
                 scores[bs, cs] = logits.gather(1, target[bs][:, None])[:, 0]
+                del logits
                 self.setup.report("scorecam", start + len(bs) + 1, total)
         return torch.softmax(scores, dim=1)
