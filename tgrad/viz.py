@@ -86,7 +86,7 @@ def share_label(result: TGradResult, term_index: int, sample: int = 0) -> str:
     term = result.terms[term_index]
     value = float(term.contribution[sample])
     grid = f", {term.grid[0]}x{term.grid[1]}" if term.grid else ""
-    kind = "" if term.kind == "input" else f" ({term.kind}{grid})"
+    kind = "" if term.kind == "input" else f" ({term.source or term.kind}{grid})"
     return f"{term.name}{kind}: {value:+.3g} = {share_text(value, total_size(result, sample))}"
 
 
