@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -119,17 +118,42 @@ def _unary(op: Op, role: str, form: Callable[[Tensor], Tensor]) -> Plan:
     return Plan([Piece(role, intercept=form(op.args[0].detach()), elementwise=True)])
 
 
-def _silu(u: Tensor) -> Tensor:
-    s = torch.sigmoid(u)
-    return -(u * u) * s * (1 - s)
+def _through_backward(op: Op, slope_times: Callable[[Tensor], Tensor]) -> Plan:
+    """``c = f(u) - u * f'(u)`` for an element-wise activation whose ATen backward kernel
+    gives ``u * f'(u)`` in one pass (``slope_times(u)``, the very derivative autograd uses,
+    so ``c`` follows the backward pass at every kink); ``f(u)`` is the operation's own
+    output, so nothing of ``f`` is computed twice. Before the operation runs, ``u * f'(u)``
+    is taken (an in-place activation writes over ``u``)."""
+    along = slope_times(op.args[0].detach())
+
+    def later(outputs: list[Tensor]) -> list[Piece]:
+        return [Piece(ACTIVATION, intercept=outputs[0].detach() - along, elementwise=True)]
+
+    return Plan(later=later)
+
+
+def _silu(op: Op) -> Plan:
+    """SiLU ``u s(u)``: ``c = -u^2 s(u) (1 - s(u))`` (SPEC 1), as ``f(u) - u f'(u)``."""
+    return _through_backward(op, lambda u: torch.ops.aten.silu_backward(u, u))
 
 
 def _gelu(op: Op) -> Plan:
-    if arg(op, 1, "approximate", "none") != "none":
-        return autograd_elementwise(op)
-    return _unary(
-        op, ACTIVATION, lambda u: -(u * u) * torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    """GELU ``u Phi(u)``: ``c = -u^2 phi(u)`` (SPEC 1), as ``f(u) - u f'(u)``; the tanh
+    approximation likewise, with its own derivative."""
+    approximate = arg(op, 1, "approximate", "none")
+    return _through_backward(
+        op, lambda u: torch.ops.aten.gelu_backward(u, u, approximate=approximate)
     )
+
+
+def _hardswish(op: Op) -> Plan:
+    """Hardswish: ``c = -u^2 / 6`` where ``-3 < u < 3``, else 0."""
+    return _through_backward(op, lambda u: torch.ops.aten.hardswish_backward(u, u))
+
+
+def _hardsigmoid(op: Op) -> Plan:
+    """Hardsigmoid: ``c = 1/2`` where ``-3 < u < 3``, 1 from 3 up, 0 from -3 down."""
+    return _through_backward(op, lambda u: torch.ops.aten.hardsigmoid_backward(u, u))
 
 
 def _sigmoid(u: Tensor) -> Tensor:
@@ -142,25 +166,18 @@ def _tanh(u: Tensor) -> Tensor:
     return t - u * (1 - t * t)
 
 
-def _hardswish(u: Tensor) -> Tensor:
-    # autograd: derivative u/3 + 1/2 on (-3, 3), 0 from -3 down, 1 from 3 up
-    return torch.where((u > -3) & (u < 3), -(u * u) / 6, 0.0)
-
-
-def _hardsigmoid(u: Tensor) -> Tensor:
-    # autograd: derivative 1/6 on (-3, 3), 0 elsewhere
-    return torch.where(u >= 3, 1.0, torch.where(u > -3, 0.5, 0.0)).to(u.dtype)
-
-
 def _products(op: Op) -> Plan | None:
-    """A multilinear product of k input-dependent operands: ``c = (1 - k) f``."""
+    """A multilinear product of k input-dependent operands: ``c = (1 - k) f``, from the
+    operation's own output."""
     flat, spec = tree_flatten((op.args, op.kwargs))
     k = sum(1 for a in flat if isinstance(a, Tensor) and op.dependent(a))
     if k < 2:
         return None
-    args, kwargs = tree_unflatten([detached(a) for a in flat], spec)
-    value = out_of_place(op)(*args, **kwargs)
-    return Plan([Piece(GATE, intercept=(1 - k) * value)])
+    if in_place(op):  # its output is written over an operand: the product, before
+        args, kwargs = tree_unflatten([detached(a) for a in flat], spec)
+        value = out_of_place(op)(*args, **kwargs)
+        return Plan([Piece(GATE, intercept=(1 - k) * value)])
+    return Plan(later=lambda outputs: [Piece(GATE, intercept=(1 - k) * outputs[0].detach())])
 
 
 def _div(op: Op) -> Plan | None:
@@ -308,12 +325,12 @@ RULES: dict[str, Callable[[Op], Plan | None]] = {
     "clip": _clamp,
     "clamp_min": _clamp,
     "clamp_max": _clamp,
-    "silu": lambda op: _unary(op, ACTIVATION, _silu),
+    "silu": _silu,
     "gelu": _gelu,
     "sigmoid": lambda op: _unary(op, ACTIVATION, _sigmoid),
     "tanh": lambda op: _unary(op, ACTIVATION, _tanh),
-    "hardswish": lambda op: _unary(op, ACTIVATION, _hardswish),
-    "hardsigmoid": lambda op: _unary(op, ACTIVATION, _hardsigmoid),
+    "hardswish": _hardswish,
+    "hardsigmoid": _hardsigmoid,
     **dict.fromkeys(_PRODUCTS, _products),
     "div": _div,
     "divide": _div,
