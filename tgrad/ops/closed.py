@@ -215,19 +215,24 @@ def homogeneous(op: Op, degree: float, form: Callable | None = None) -> Plan | N
     return Plan([Piece(role, intercept=(1 - degree) * value, elementwise=True)])
 
 
-def _normalised(u: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
-    var, mean = torch.var_mean(u, dim=dims, unbiased=False, keepdim=True)
-    return (u - mean) * torch.rsqrt(var + eps), var
+def _share(u: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """``k = v / (v + eps)`` of a normalisation over ``dims`` (v its biased variance)."""
+    var = torch.var(u, dim=dims, unbiased=False, keepdim=True)
+    return var / (var + eps)
 
 
-def _norm_piece(n: Tensor, var: Tensor, eps: float, weight, bias, view) -> Plan:
-    """``gamma * n * v / (v + eps) + beta``: a normalisation's intercept (SPEC 1)."""
-    c = n * (var / (var + eps))
-    if weight is not None:
-        c = c * view(weight.detach())
-    if bias is not None:
-        c = c + view(bias.detach())
-    return Plan([Piece(NORM, intercept=c)])
+def _norm_piece(k: Tensor, bias: Tensor | None, view: Callable[[Tensor], Tensor]) -> Plan:
+    """A normalisation's intercept ``gamma * n * v / (v + eps) + beta`` (SPEC 1), from its
+    own output ``z = gamma * n + beta``: ``c = z * k + beta * (1 - k)``, ``k = v / (v + eps)``
+    (one variance before it runs, two passes after; ``n`` is never formed again)."""
+
+    def later(outputs: list[Tensor]) -> list[Piece]:
+        c = outputs[0].detach() * k
+        if bias is not None:
+            c.addcmul_(view(bias.detach()), 1 - k)
+        return [Piece(NORM, intercept=c)]
+
+    return Plan(later=later)
 
 
 def normalized_shape(op: Op) -> tuple[int, ...]:
@@ -236,24 +241,25 @@ def normalized_shape(op: Op) -> tuple[int, ...]:
     return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
+def _last_dims(u: Tensor, op: Op) -> tuple[int, ...]:
+    count = len(normalized_shape(op))
+    return tuple(range(u.dim() - count, u.dim()))
+
+
 def _layer_norm(op: Op) -> Plan:
     u = op.args[0].detach()
-    count = len(normalized_shape(op))
-    eps = float(arg(op, 4, "eps", 1e-5))
-    n, var = _normalised(u, tuple(range(u.dim() - count, u.dim())), eps)
-    return _norm_piece(n, var, eps, arg(op, 2, "weight"), arg(op, 3, "bias"), lambda p: p)
+    k = _share(u, _last_dims(u, op), float(arg(op, 4, "eps", 1e-5)))
+    return _norm_piece(k, arg(op, 3, "bias"), lambda p: p)
 
 
 def _group_norm(op: Op) -> Plan:
     u = op.args[0].detach()
     groups = int(arg(op, 1, "num_groups"))
-    eps = float(arg(op, 4, "eps", 1e-5))
-    grouped = u.reshape(u.shape[0], groups, -1)
-    n, var = _normalised(grouped, (2,), eps)
-    view = lambda p: channel_view(p, u.dim(), False)  # noqa: E731
-    var = var.expand(-1, -1, grouped.shape[2]).reshape(u.shape)
-    return _norm_piece(n.reshape(u.shape), var, eps, arg(op, 2, "weight"), arg(op, 3, "bias"),
-                       view)  # fmt: skip
+    k = _share(u.reshape(u.shape[0], groups, -1), (2,), float(arg(op, 4, "eps", 1e-5)))
+    k = k.repeat_interleave(u.shape[1] // groups, dim=1).reshape(
+        u.shape[0], u.shape[1], *[1] * (u.dim() - 2)
+    )  # per channel of each group
+    return _norm_piece(k, arg(op, 3, "bias"), lambda p: channel_view(p, u.dim(), False))
 
 
 def _instance_norm(op: Op) -> Plan:
@@ -266,19 +272,17 @@ def _instance_norm(op: Op) -> Plan:
         mean, var = detached(arg(op, 1, "running_mean")), detached(arg(op, 2, "running_var"))
         shift = batchnorm_shift(mean, var, detached(weight), detached(bias), eps)
         return Plan([Piece(BIAS, intercept=channel_view(shift, u.dim(), False))])
-    n, var = _normalised(u, tuple(range(2, u.dim())), eps)
-    return _norm_piece(n, var, eps, weight, bias, lambda p: channel_view(p, u.dim(), False))
+    k = _share(u, tuple(range(2, u.dim())), eps)
+    return _norm_piece(k, bias, lambda p: channel_view(p, u.dim(), False))
 
 
 def _rms_norm(op: Op) -> Plan:
+    """RMSNorm ``z = u / sqrt(m + eps) * w`` (m the mean square): ``c = z * m / (m + eps)``."""
     u = op.args[0].detach()
-    count = len(normalized_shape(op))
     eps = arg(op, 3, "eps")
     eps = torch.finfo(u.dtype).eps if eps is None else float(eps)
-    square = (u * u).mean(tuple(range(u.dim() - count, u.dim())), keepdim=True)
-    c = u * torch.rsqrt(square + eps) * (square / (square + eps))
-    weight = arg(op, 2, "weight")
-    return Plan([Piece(NORM, intercept=c if weight is None else c * weight.detach())])
+    square = (u * u).mean(_last_dims(u, op), keepdim=True)
+    return _norm_piece(square / (square + eps), None, lambda p: p)
 
 
 def max_min(op: Op) -> Plan | None:
