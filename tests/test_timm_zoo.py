@@ -86,3 +86,18 @@ def test_pretrained_weights_load_offline_from_the_hugging_face_cache(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True", "True"]
+
+
+def test_the_cli_takes_timm_models_and_says_how_each_model_is_exact(tmp_path, capsys):
+    from tgrad.cli import main
+
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "efficientnet_lite0   yes  exact by piecewise linear" in listing
+    assert "convnext_tiny" in listing and "exact by tangent intercepts" in listing
+    args = ["explain", str(ROOT / "assets" / "coffee.jpg"), "--weights", "random", "--out-dir",
+            str(tmp_path)]  # fmt: skip
+    assert main([*args, "--model", "timm:mobilenetv3_small_100"]) == 0
+    assert "exact through tangent intercepts" in capsys.readouterr().out
+    assert main([*args, "--model", "timm:resnet18"]) == 0
+    assert "exact: piecewise linear" in capsys.readouterr().out

@@ -20,14 +20,16 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from tgrad.decompose import NotDecomposableError
+from tgrad.decompose import NotDecomposableError, how_exact
 from tgrad.images import ImageLoadError, load_image
 from tgrad.labels import find_class, top_k
 from tgrad.models import (
     DEFAULT_MODEL,
     MODEL_NAMES,
+    PIECEWISE_LINEAR,
     LoadedModel,
     WeightsUnavailableError,
+    is_timm,
     list_models,
     load_model,
 )
@@ -108,7 +110,7 @@ def _explain(args: argparse.Namespace) -> int:
     for path in tqdm(args.images, desc="explaining", unit="image", disable=len(args.images) < 2):
         x = loaded.preprocessing(load_image(path))[None].to(args.device)
         result = explain(x, target)
-        print(f"\n{path}: {loaded.name} ({loaded.weights} weights)")
+        print(f"\n{path}: {loaded.name} ({loaded.weights} weights; {how_exact(result.terms)})")
         for rank, (index, name, prob) in enumerate(top_k(result.logits[0], loaded.categories), 1):
             print(f"  {rank}. {index:>4} {name:<32}{100 * prob:6.2f}%")
         cls = int(result.target[0])
@@ -194,8 +196,24 @@ def _models(args: argparse.Namespace) -> int:
     for name, available, where in list_models():
         mark = "yes" if available else "no "
         default = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"{name:<20}{mark}  {where}{default}")
+        exact = "piecewise linear" if name in PIECEWISE_LINEAR else "tangent intercepts"
+        print(f"{name:<20}{mark}  exact by {exact:<20}{where}{default}")
     return 0
+
+
+MODEL_HELP = (
+    f"one of {', '.join(MODEL_NAMES)} (default {DEFAULT_MODEL}), or timm:<name> for any timm "
+    "model (pip install timm); `models` says how each is exact"
+)
+
+
+def model_name(value: str) -> str:
+    """``--model``: a name of the zoo or ``timm:<name>``."""
+    if value in MODEL_NAMES or is_timm(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown model {value[:40]!r}; choose one of {', '.join(MODEL_NAMES)} or timm:<name>"
+    )
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
@@ -309,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="explain images: top-5, decomposition, overlay, layer maps, term chart"
     )
     ex.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    ex.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    ex.add_argument("--model", default=DEFAULT_MODEL, type=model_name, help=MODEL_HELP)
     ex.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
     ex.add_argument("--target", help="class index or name (default: the top-1 class)")
     ex.add_argument(
@@ -337,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cascading randomization (SPEC 5): maps and their similarity as layers go random",
     )
     sa.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    sa.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    sa.add_argument("--model", default=DEFAULT_MODEL, type=model_name, help=MODEL_HELP)
     sa.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
     sa.add_argument(
         "--methods",
@@ -368,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder of images, flat or with class subfolders (WordNet ids such as "
         "n01440764 give the class explained; otherwise the top-1)",
     )
-    ev.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+    ev.add_argument("--model", default=DEFAULT_MODEL, type=model_name, help=MODEL_HELP)
     ev.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
     ev.add_argument(
         "--methods",

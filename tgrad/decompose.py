@@ -53,9 +53,19 @@ __all__ = [
     "check_gap",
     "completeness_tolerance",
     "decompose",
+    "how_exact",
     "make_term",
     "unsupported_modules",
 ]
+
+
+def how_exact(terms: tuple[Term, ...] | list[Term]) -> str:
+    """How a decomposition is exact, from its terms' kinds: a piecewise-linear network's
+    terms are biases (the paper's decomposition), a smooth one's include intercepts."""
+    roles = {role for t in terms for role in t.kind.split("+")}
+    if roles & {"activation", "gate", "norm"}:
+        return "exact through tangent intercepts (smooth activations, gates, norms)"
+    return "exact: piecewise linear, its terms are biases"
 
 
 def completeness_tolerance(logit: Tensor) -> Tensor:

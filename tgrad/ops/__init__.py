@@ -154,9 +154,13 @@ def plan(op: Op) -> Plan | None:
 
 
 def label(op: Op) -> str:
-    """What made a piece, for a reader: the module type when the operation is the
-    innermost module's own (a leaf module), else the operation's short name."""
-    if next(op.module.children(), None) is None and op.module_name != "<model>":
-        return type(op.module).__name__
-    return short_name(op_name(op.func))
-
+    """What made a piece, for a reader: the module type when the operation is that
+    module's own (a leaf module, or one named for it: timm's ``BatchNormAct2d`` runs
+    ``batch_norm``), else the operation's short name."""
+    name = short_name(op_name(op.func))
+    kind = type(op.module).__name__
+    if op.module_name != "<model>" and (
+        next(op.module.children(), None) is None or name.replace("_", "") in kind.lower()
+    ):
+        return kind
+    return name
