@@ -93,7 +93,7 @@ def test_the_cli_takes_timm_models_and_says_how_each_model_is_exact(tmp_path, ca
 
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
-    assert "efficientnet_lite0   yes  exact by piecewise linear" in listing
+    assert "efficientnet_lite0  yes  exact by piecewise linear" in listing
     assert "convnext_tiny" in listing and "exact by tangent intercepts" in listing
     args = ["explain", str(ROOT / "assets" / "coffee.jpg"), "--weights", "random", "--out-dir",
             str(tmp_path)]  # fmt: skip
