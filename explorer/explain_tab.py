@@ -34,8 +34,9 @@ class ExplainTab:
 
     image: gr.Image
     model: gr.Dropdown
-    target: gr.Dropdown
+    target: gr.Textbox
     key: gr.State
+    cmap: gr.Radio
 
 
 BIG = 520
@@ -258,7 +259,7 @@ def build(
         )
     )
     # a picked model is loaded at once (its download, if any, with a progress bar)
-    picked = model.change(
+    picked = model.change(  # preprocess=False: the handler checks the value itself
         handlers.prepare_model,
         [model],
         model_note,
@@ -266,6 +267,7 @@ def build(
         concurrency_id="explain",
         concurrency_limit=2,
         trigger_mode="always_last",
+        preprocess=False,
     )
     explain_and_show(picked.success(*check, **private))
     explain_and_show(target.submit(*check, **private))
@@ -312,4 +314,4 @@ def build(
             requested,
         )
     figures_button.click(handlers.figures, view_inputs, figures, **private)
-    return ExplainTab(image, model, target, key)
+    return ExplainTab(image, model, target, key, cmap)

@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from explorer import compare_tab, evaluate_tab, explain_tab, render, sanity_tab
+from explorer.guard import GuardedBlocks
 from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
 from explorer.session import SESSION, Session, offered_models
 from tgrad.models import DEFAULT_MODEL
@@ -36,13 +37,17 @@ LAUNCH_OPTIONS: dict[str, Any] = {
 
 
 def build_demo(session: Session | None = None) -> gr.Blocks:
-    """The T-Grad Explorer page, its callbacks bound to ``session`` (default: the app's)."""
+    """The T-Grad Explorer page, its callbacks bound to ``session`` (default: the app's).
+    Every request's inputs are checked before Gradio processes them
+    (:class:`~explorer.guard.GuardedBlocks`)."""
     offered = offered_models()
     choices = [render.model_choice(info) for info in offered] or [(DEFAULT_MODEL, DEFAULT_MODEL)]
     handlers = Handlers(session or SESSION, [name for _, name in choices])
     downloads = any(not info.available for info in offered)
 
-    with gr.Blocks(title="T-Grad Explorer", delete_cache=(3600, 3600)) as demo:
+    with GuardedBlocks(
+        title="T-Grad Explorer", delete_cache=(3600, 3600), gate=handlers.gate
+    ) as demo:
         key = gr.State("")
         gr.Markdown(
             "# T-Grad Explorer\n"
@@ -53,6 +58,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
         )
         with gr.Tabs(elem_id="tabs"):
             explain = explain_tab.build(handlers, choices, key, demo, downloads)
+            demo.optional.add(explain.cmap._id)  # added to /compare later: may be left out
             compare_tab.build(handlers, explain)
             evaluate_tab.build(handlers, explain)
             sanity_tab.build(handlers, explain)

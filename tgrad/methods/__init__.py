@@ -185,8 +185,10 @@ class Maps(dict[str, Tensor]):
 
 def resolve_methods(methods: str | Iterable[str]) -> tuple[str, ...]:
     """Method names from one name, ``"all"``, or several names (order kept)."""
-    names = tuple(METHODS) if methods == "all" else (
-        (methods,) if isinstance(methods, str) else tuple(methods)
+    names = (
+        tuple(METHODS)
+        if methods == "all"
+        else ((methods,) if isinstance(methods, str) else tuple(methods))
     )
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:

@@ -76,9 +76,7 @@ class Setup:
             self.progress(method, done, total)
 
 
-def shared_pass(
-    model: nn.Module, x: Tensor, target: Target, methods: Iterable[Method]
-) -> Record:
+def shared_pass(model: nn.Module, x: Tensor, target: Target, methods: Iterable[Method]) -> Record:
     """One forward + backward recording what every method watches.
 
     A gradient is given to each method watching its module (once per distinct

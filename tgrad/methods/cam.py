@@ -32,9 +32,7 @@ GLOBAL_POOLING = (
 )
 """The pooling that ends the feature extractor of the zoo's models."""
 
-_layer_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = (
-    weakref.WeakKeyDictionary()
-)
+_layer_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
 _layer_lock = threading.Lock()
 
 
