@@ -545,8 +545,8 @@ class Handlers:
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> Iterator[tuple[Any, ...]]:
-        """Compare methods on a photo: yields (grid picture, timings, colour bar) as maps
-        arrive, the grid in colour map ``cmap`` (default viridis).
+        """Compare methods on a photo: yields (grid picture, timings) as maps arrive, the
+        grid in colour map ``cmap`` (default viridis) with its colour bar.
 
         The single-pass methods come first, together; each other one follows alone, the
         quick ones first. The Stop button (:meth:`stop_compare`) ends the running method
@@ -559,7 +559,6 @@ class Handlers:
             chosen = self.method_list(methods)
             cmap = choice(cmap, list(viz.CMAPS), "The colour map", viz.DEFAULT_CMAP)
             explanation = self.compute(image, model, target, progress)
-            bar = viz.colorbar_pixels(cmap)
             done: dict[str, MethodMap] = {}
             try:
                 for done in self.session.method_maps(explanation, chosen, progress, run):
@@ -568,7 +567,6 @@ class Handlers:
                     yield (
                         render.compare_grid(explanation, chosen, done, cmap=cmap),
                         render.compare_timings(explanation, chosen, done),
-                        bar,
                     )
             except GeneratorExit:  # Gradio closed the event between two methods
                 log.info("comparison closed by the page between methods")
@@ -581,7 +579,6 @@ class Handlers:
                 yield (
                     render.compare_grid(explanation, chosen, done, stopped, cmap),
                     render.compare_timings(explanation, chosen, done, stopped),
-                    bar,
                 )
             except NotDecomposableError as error:
                 raise _user_error(str(error), "Model cannot be explained") from error
