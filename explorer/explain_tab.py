@@ -182,6 +182,7 @@ def build(
                         max_lines=1,
                         elem_id="view-link",
                     )
+                link_note = gr.Markdown(elem_id="view-link-note")
                 with gr.Row():
                     figures_button = gr.Button("Download figures (zip)", elem_id="figures-btn")
                     figures = gr.File(label="Figures", interactive=False, elem_id="figures")
@@ -296,6 +297,7 @@ def build(
     # the address bar follows the view: the server writes the link when an explanation
     # is shown; slider, view and colour map steps only edit it in the browser
     key.change(handlers.view_link, [key, layer, mode, cmap], query, **private)
+    key.change(handlers.link_note, [key], link_note, **private)
     gr.on(
         [query.change, layer.change, mode.change, cmap.change],
         None,

@@ -451,6 +451,14 @@ class Handlers:
         photo = BUNDLED_DIGESTS.get(parsed[0]) if parsed else None
         return share.view_query(explanation, photo, explanation.clamp(position), mode, cmap)
 
+    def link_note(self, key: str | None) -> str:
+        """What the page says beside the link: that an uploaded photo is not in it."""
+        explanation = self.session.lookup(key if isinstance(key, str) else None)
+        parsed = parse_key(explanation.key) if explanation is not None else None
+        if parsed is None or parsed[0] in BUNDLED_DIGESTS:
+            return ""
+        return share.LINK_WITHOUT_PHOTO
+
     def open_link(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Page load: apply the view the page's link asks for: (photo, model, class,
         requested layer, mode, colour map), gr.skip() for what it does not set. What
@@ -462,6 +470,8 @@ class Handlers:
         if ignored:
             verb = "was" if len(ignored) == 1 else "were"
             gr.Warning(f"This link's {', '.join(ignored)} could not be used and {verb} ignored.")
+        if view.uploaded:
+            gr.Warning(share.UPLOAD_AGAIN)
         skip = gr.skip()
         return (
             str(BUNDLED_BY_NAME[view.photo]) if view.photo else skip,

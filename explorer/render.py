@@ -144,6 +144,26 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
 
 GALLERY_SIZE = 112
 """Side in pixels of each picture of the layer grid (the paper's Fig. 2)."""
+FIGURE_SIZE = 160
+"""Side in pixels of each map of the layer grid in the figures zip."""
+FIGURE_COLUMNS = 8
+
+
+def _layer_pictures(
+    explanation: Explanation, cmap: str, size: int
+) -> list[tuple[int, np.ndarray, str]]:
+    """For each slider position: (its term's index, its own map over the photo at
+    ``size`` px, its share of all terms as ``"+1.2%"``)."""
+    base = viz.thumbnail(explanation.pixels, size)
+    total = explanation.total_size
+    pictures = []
+    for term_index in explanation.term_indices:
+        term = explanation.result.terms[term_index]
+        assert term.map is not None  # spatial terms have maps
+        value = float(term.contribution[0])
+        share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
+        pictures.append((term_index, map_overlay(base, term.map[0], 0.6, cmap), share))
+    return pictures
 
 
 def layer_gallery(
@@ -152,17 +172,23 @@ def layer_gallery(
     """The paper's Fig. 2: every slider position's own map over the photo, small, in
     slider order, each captioned with its position and its share, ``"4 · +1.2%"`` (a
     click on picture k moves the slider to k, where the caption names the layer)."""
-    base = viz.thumbnail(explanation.pixels, GALLERY_SIZE)
-    total = explanation.total_size
-    pictures = []
-    for position, term_index in enumerate(explanation.term_indices):
-        term = explanation.result.terms[term_index]
-        assert term.map is not None  # spatial terms have maps
-        value = float(term.contribution[0])
-        share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
-        caption = f"{position} · {share}"
-        pictures.append((map_overlay(base, term.map[0], 0.6, cmap), caption))
-    return pictures
+    pictures = _layer_pictures(explanation, cmap, GALLERY_SIZE)
+    return [(picture, f"{k} · {share}") for k, (_, picture, share) in enumerate(pictures)]
+
+
+def layer_figure(explanation: Explanation, cmap: str = viz.DEFAULT_CMAP) -> np.ndarray:
+    """The layer grid as a figure: every map titled with its position and readable name
+    (``"4 · Block 2 · expand conv"``) over its grid and share, and the colour bar of
+    ``cmap`` under them: uint8 [H,W,3]."""
+    panels = []
+    pictures = _layer_pictures(explanation, cmap, FIGURE_SIZE)
+    for position, (term_index, picture, share) in enumerate(pictures):
+        parts = explanation.title(term_index).split(" · ")
+        size = parts.pop() if len(parts) > 1 and " x " in parts[-1] else ""
+        name = " · ".join(parts)
+        panels.append((picture, f"{position} · {name}\n{size} · {share}".replace("\n · ", "\n")))
+    grid = viz.panel_grid(panels, columns=FIGURE_COLUMNS, title_height=36, gap=6)
+    return viz.with_colorbar(grid, cmap)
 
 
 def summary(explanation: Explanation) -> str:

@@ -171,3 +171,19 @@ def test_a_single_method_name_is_accepted(handlers):
     steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, "gradcam", request=Request("e")))
     assert list(steps[-1][1]["methods"]) == ["gradcam"]
     assert steps[-1][1]["methods"]["gradcam"]["layer"]
+
+
+def test_the_grid_follows_the_chosen_colour_map_and_carries_its_colour_bar(handlers):
+    steps = list(
+        handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "jet", request=Request("f"))
+    )
+    grid = steps[-1][0]
+    explanation = handlers.session.lookup(handlers.compute(PHOTO, DEFAULT_MODEL, None).key)
+    gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
+    jet = viz.colorize_unit(viz.robust_normalize(gradcam), "jet")
+    expected = viz.blend(explanation.pixels, jet, render.COMPARE_ALPHA)
+    np.testing.assert_array_equal(grid[22 : 22 + 224, 230 : 230 + 224], expected)
+    bar = viz.colorbar_pixels("jet")
+    np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
+    with pytest.raises(gr.Error, match="colour map must be one of"):
+        next(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "<b>hot</b>"))

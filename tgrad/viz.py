@@ -135,33 +135,52 @@ def layer_strip(
 
 
 def decomposition_chart(
-    result: TGradResult, sample: int = 0, highlight: str | None = None
+    result: TGradResult,
+    sample: int = 0,
+    highlight: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """One bar per term of the logit (input, each layer, classifier biases).
 
-    Bars of non-spatial terms are hatched; the term named ``highlight`` is drawn in
-    orange. The title gives the logit and the completeness gap.
+    Blue bars raise the logit, red ones lower it, bars of non-spatial terms (no map) are
+    hatched; the term named ``highlight`` is drawn in orange (the current position). A
+    legend says so. The x axis names each term by ``names`` (one per term, e.g. readable
+    layer names; default the terms' own names). The title gives the logit and the
+    completeness gap.
     """
-    names = [t.name for t in result.terms]
-    values = [float(t.contribution[sample]) for t in result.terms]
+    from matplotlib.patches import Patch
+
+    terms = result.terms
+    labels = [t.name for t in terms] if names is None else list(names)
+    if len(labels) != len(terms):
+        raise ValueError(f"{len(labels)} names for {len(terms)} terms")
+    values = [float(t.contribution[sample]) for t in terms]
     colors = [
-        "tab:orange" if n == highlight else ("tab:blue" if v >= 0 else "tab:red")
-        for n, v in zip(names, values, strict=True)
+        "tab:orange" if t.name == highlight else ("tab:blue" if v >= 0 else "tab:red")
+        for t, v in zip(terms, values, strict=True)
     ]
-    fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 3.2))
+    fig = Figure(figsize=(max(6.0, 0.22 * len(labels) + 2), 3.2 if names is None else 4.6))
     ax = fig.subplots()
-    bars = ax.bar(range(len(names)), values, color=colors)
-    for bar, term in zip(bars, result.terms, strict=True):
+    bars = ax.bar(range(len(labels)), values, color=colors)
+    for bar, term in zip(bars, terms, strict=True):
         if not term.spatial:
             bar.set_hatch("//")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
     ax.set_ylabel("contribution to the logit")
     ax.set_title(
-        f"logit {float(result.logit[sample]):.4g} = sum of {len(names)} terms "
+        f"logit {float(result.logit[sample]):.4g} = sum of {len(labels)} terms "
         f"(gap {float(result.gap[sample]):.1e})",
         fontsize=9,
     )
+    keys = [
+        Patch(color="tab:blue", label="raises the logit"),
+        Patch(color="tab:red", label="lowers it"),
+        Patch(facecolor="white", edgecolor="grey", hatch="//", label="classifier bias (no map)"),
+    ]
+    if highlight is not None:
+        keys.append(Patch(color="tab:orange", label="current position"))
+    ax.legend(handles=keys, fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -235,7 +254,9 @@ def panel_grid(
     title_height: int = 22,
     gap: int = 6,
 ) -> np.ndarray:
-    """Pictures of one size side by side, each under its title: uint8 [H,W,3].
+    """Pictures of one size side by side, each under its title: uint8 [H,W,3]. A title
+    may have several lines (``"\\n"``), which share ``title_height``; a line too long
+    for the panel ends in an ellipsis.
 
     Drawn with Pillow, not matplotlib: a grid of twelve 224 px panels takes a few
     milliseconds, which matters when a page redraws it as each panel arrives.
@@ -248,15 +269,17 @@ def panel_grid(
     cell_w, cell_h = width + gap, height + title_height + gap
     canvas = Image.new("RGB", (columns * cell_w - gap, rows * cell_h - gap), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(6, title_height - 8))
+    lines = max(1, max(title.count("\n") + 1 for _, title in panels))
+    font = ImageFont.load_default(size=max(6, title_height // lines - 8))
     for index, (picture, title) in enumerate(panels):
         if picture.shape[:2] != (height, width):
             raise ValueError(f"panel {index} is {picture.shape[:2]}, not {(height, width)}")
         left, top = (index % columns) * cell_w, (index // columns) * cell_h
-        text = title
-        while draw.textlength(text, font=font) > width - 4 and len(text) > 1:
-            text = text[:-2] + "…"
-        draw.text((left + 2, top + 2), text, fill="black", font=font)
+        for number, line in enumerate(title.split("\n")):
+            while draw.textlength(line, font=font) > width - 4 and len(line) > 1:
+                line = line[:-2] + "…"
+            y = top + 2 + number * (title_height // lines)
+            draw.text((left + 2, y), line, fill="black", font=font)
         canvas.paste(Image.fromarray(picture), (left, top + title_height))  # over any descender
     return np.asarray(canvas)
 
