@@ -60,6 +60,8 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                     headers=list(render.SCORE_COLUMNS),
                     label="Scores (↑ higher is better, ↓ lower is better)",
                     interactive=False,
+                    wrap=True,
+                    column_widths=["17%", "13%", "11%", "12%", "12%", "13%", "8%", "14%"],
                     elem_id="scores",
                 )
 

@@ -190,7 +190,7 @@ def build(
             label="Every layer at once (the paper's Fig. 2), with each term's share: click a "
             "map to show it above, with its name",
             columns=10,
-            height=680,
+            height="auto",  # every row shown (seven for Lite2); see ui.PAGE_CSS
             allow_preview=False,
             object_fit="contain",
             format="png",

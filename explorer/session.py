@@ -93,6 +93,16 @@ def display_scale() -> int:
 Progress = Callable[[float, str], None]
 """``progress(fraction done, what is happening)``."""
 
+def _quiet(fraction: float, what: str) -> None:
+    return None
+
+
+def reporter(progress: Progress | None) -> Progress:
+    """``progress``, or a report that goes nowhere. (Not ``progress or ...``: a
+    ``gr.Progress`` has a length, 0, so it is false, and its reports were lost.)"""
+    return _quiet if progress is None else progress
+
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -561,7 +571,7 @@ class Session:
             ValueError: unknown model or class.
             WeightsUnavailableError: the model's weights are not available.
         """
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         report(0.05, f"loading model {model}")
         entry = self.models.get(model, download_report(report, model))
         categories = entry.loaded.categories
@@ -618,7 +628,7 @@ class Session:
         """
         from tgrad.methods import METHODS  # the Compare tab's engine, imported on use
 
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         done: dict[str, MethodMap] = {}
         for method in methods:
             cached = _tgrad_map(explanation) if method == "tgrad" else None
@@ -667,7 +677,7 @@ class Session:
         """
         from tgrad.metrics import average_drop_increase, insertion_deletion
 
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
 
         def maps_progress(fraction: float, what: str) -> None:
             report(0.5 * fraction, what)
@@ -740,7 +750,7 @@ class Session:
         if cached is not None:
             yield cached
             return
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         model = self.models.get(explanation.model).loaded.module
         groups = randomization_groups(model)
         names = tuple(group_title(explanation.labels, g.name, g.modules) for g in groups)

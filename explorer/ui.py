@@ -28,7 +28,26 @@ photo, within the same process-wide limit as any other explanation."""
 QUEUE_OPTIONS: dict[str, Any] = {"max_size": 32, "default_concurrency_limit": 2}
 """``demo.queue(**QUEUE_OPTIONS)``: at most 32 waiting jobs; 2 explanations at a time."""
 
+PAGE_CSS = """
+/* The layer grid (the paper's Fig. 2): its columns shrink to fit any width (Gradio's
+   100 px minimum cut the tenth column, the head, at a 1024 px projector width), and
+   its height follows its rows (Lite1 and Lite2 have seven). */
+#layer-grid .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr));
+  grid-template-rows: none;
+  grid-auto-rows: auto;
+}
+#layer-grid .grid-wrap { height: auto !important; max-height: none !important; }
+#layer-grid .caption-label { font-size: var(--text-xs); padding: 1px 4px; max-width: 100%; }
+/* The Evaluate table: headers wrap, so that every column fits the tab. */
+#scores th, #scores th * {
+  white-space: normal !important; overflow-wrap: break-word; font-size: var(--text-sm);
+}
+"""
+"""The page's own styles (``launch(css=...)``)."""
+
 LAUNCH_OPTIONS: dict[str, Any] = {
+    "css": PAGE_CSS,
     "max_file_size": MAX_FILE_SIZE,
     "allowed_paths": [str(path) for path in BUNDLED_PHOTOS],  # the photos, nothing else
     "state_session_capacity": SESSION_CAPACITY,

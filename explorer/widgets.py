@@ -85,14 +85,18 @@ class RunControls:
     run: gr.Button
     stop: gr.Button
     run_id: gr.State
+    progress: gr.Markdown
+    """Where the run's progress bar is drawn (what it does, the step, the time left)."""
 
 
 def run_and_stop(label: str, prefix: str) -> RunControls:
-    """A primary button (``#<prefix>-btn``) and a Stop button (``#<prefix>-stop``)."""
+    """A primary button (``#<prefix>-btn``), a Stop button (``#<prefix>-stop``) and the
+    place of the run's progress bar under them (``#<prefix>-progress``)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=f"{prefix}-btn")
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
-    return RunControls(run, stop, gr.State(""))
+    progress = gr.Markdown("", elem_id=f"{prefix}-progress")
+    return RunControls(run, stop, gr.State(""), progress)
 
 
 def wire_run(
@@ -110,7 +114,9 @@ def wire_run(
     token, stopping and replacing a run of the same page still going (and saying so),
     and puts its id in the State; then ``work`` runs in the queue with ``inputs`` and
     that id as its last input (``options``: its ``api_name``, concurrency, ...; a second
-    press waits for the first run, which stops, and then runs). The Stop button calls
+    press waits for the first run, which stops, and then runs). Its progress bar is drawn
+    under the buttons: over outputs that already show part of the result, Gradio draws
+    only a border. The Stop button calls
     ``stop``, which stops the page's runs: each gives up at its next chunk and shows
     what it did, the rest marked stopped. No Gradio ``cancels``: a cancelled event
     shows its outputs as an error."""
@@ -121,6 +127,7 @@ def wire_run(
         [*inputs, controls.run_id],
         list(outputs),
         trigger_mode="always_last",
+        show_progress_on=[controls.progress],  # the outputs stream: a bar over them hid
         **options,
     )
     controls.stop.click(stop, None, None, **quick)
