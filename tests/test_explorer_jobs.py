@@ -359,3 +359,24 @@ def test_a_run_token_is_an_event_for_the_engine():
     token.stop(jobs.REPLACED)
     token.stop(jobs.STOPPED)  # the first reason stays
     assert token.is_set() and token.replaced
+
+
+class FalseReports(Reports):
+    """A progress callback that is false, as a ``gr.Progress`` is (it has a length, 0)."""
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_a_progress_that_is_false_still_gets_every_report(app):
+    """``progress or <nothing>`` threw away every report of Gradio's progress bar in
+    Compare, Evaluate and the Sanity check: only the explanation's own were seen."""
+    handlers, photos = app
+    session = handlers.session
+    explanation = handlers.compute(photos[0], "sleepy", None)
+    report = FalseReports()
+    list(session.method_maps(explanation, ["smoothgrad"], report))
+    list(session.method_scores(explanation, ["vanilla"], 2, report))
+    list(session.sanity(explanation, ["vanilla"], report))
+    for text in ("computing smoothgrad", "scoring Vanilla gradient: step", "randomizing: group 1"):
+        assert any(text in s for s in report.seen), text
