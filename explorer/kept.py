@@ -4,7 +4,8 @@ A :class:`~tgrad.tgrad.TGradResult` holds its decomposition, and through it the 
 of the capture pass (every call's tensors, and the modules, hence the model). A cached
 explanation keeps a :class:`KeptResult` instead: the saliency, each term's name, kind,
 contribution and map on its own grid, the logits and the target, all copied to the CPU
-into storages of their own. It reads like the result (``saliency``, ``terms``,
+into storages of their own (the terms are the engine's, their tensors copied). It reads
+like the result (``saliency``, ``terms``,
 ``logits``, ``target``, ``logit``, ``gap``, ``spatial_terms``, ``cumulative(k)``), so
 the views draw from either, and it reaches no module and no record: evicting a model
 from the model cache frees it even while its explanations stay cached.
@@ -13,12 +14,13 @@ from the model cache frees it even while its explanations stay cached.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
+from tgrad.decompose import Term
 from tgrad.tgrad import TGradResult, aggregate
 
 
@@ -27,29 +29,20 @@ def _own(tensor: Tensor) -> Tensor:
     return tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
 
 
-@dataclass(frozen=True)
-class KeptTerm:
-    """One term of the logit as the views need it (a batch of one)."""
-
-    name: str
-    kind: str
-    contribution: Tensor
-    """[1], logit units."""
-    map: Tensor | None
-    """[1,h,w] on the layer's own grid, or None (a non-spatial term)."""
-
-    @property
-    def score(self) -> Tensor:
-        """Its weight in T-Grad: ``ReLU(contribution)`` [1]."""
-        return self.contribution.clamp(min=0)
-
-    @property
-    def spatial(self) -> bool:
-        return self.map is not None
-
-    @property
-    def grid(self) -> tuple[int, int] | None:
-        return None if self.map is None else (self.map.shape[-2], self.map.shape[-1])
+def kept_term(term: Term) -> Term:
+    """The engine's term of sample 0 with its contribution and map copied out, and every
+    other tensor it may hold (the element-wise contribution, when kept) dropped."""
+    dropped = {
+        f.name: None
+        for f in fields(term)
+        if f.name not in ("contribution", "map") and isinstance(getattr(term, f.name), Tensor)
+    }
+    return replace(
+        term,
+        contribution=_own(term.contribution[:1]),
+        map=None if term.map is None else _own(term.map[:1]),
+        **dropped,
+    )
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ class KeptResult:
 
     saliency: Tensor
     """[1,H,W]"""
-    terms: tuple[KeptTerm, ...]
+    terms: tuple[Term, ...]
     """The input term first, then every other term in forward order."""
     logits: Tensor
     """[1,K]"""
@@ -72,15 +65,7 @@ class KeptResult:
     @classmethod
     def of(cls, result: TGradResult) -> KeptResult:
         """Copy what the views need out of ``result`` (sample 0)."""
-        terms = tuple(
-            KeptTerm(
-                t.name,
-                t.kind,
-                _own(t.contribution[:1]),
-                None if t.map is None else _own(t.map[:1]),
-            )
-            for t in result.terms
-        )
+        terms = tuple(kept_term(t) for t in result.terms)
         return cls(
             _own(result.saliency[:1]),
             terms,
@@ -91,7 +76,7 @@ class KeptResult:
         )
 
     @cached_property
-    def spatial_terms(self) -> tuple[KeptTerm, ...]:
+    def spatial_terms(self) -> tuple[Term, ...]:
         """The terms with a map, input first: the layer slider's positions."""
         return tuple(t for t in self.terms if t.spatial)
 
@@ -118,4 +103,4 @@ def storage_bytes(tensors: Iterable[Tensor]) -> int:
     return sum(storages.values())
 
 
-__all__ = ["KeptResult", "KeptTerm", "storage_bytes"]
+__all__ = ["KeptResult", "kept_term", "storage_bytes"]

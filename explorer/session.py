@@ -31,7 +31,8 @@ from torch import nn
 
 from explorer import allocator
 from explorer.jobs import EXPLAIN, SLOW, Chunks, Clock, StopFlag, WorkSlots, check_stop
-from explorer.kept import KeptResult, KeptTerm
+from explorer.kept import KeptResult
+from tgrad.decompose import Term
 from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
 from tgrad.layers import LayerLabel, layer_labels
@@ -92,6 +93,7 @@ def display_scale() -> int:
 
 Progress = Callable[[float, str], None]
 """``progress(fraction done, what is happening)``."""
+
 
 def _quiet(fraction: float, what: str) -> None:
     return None
@@ -285,7 +287,7 @@ class Explanation:
         return [self.x, *self.result.tensors()]
 
     @cached_property
-    def spatial_terms(self) -> tuple[KeptTerm, ...]:
+    def spatial_terms(self) -> tuple[Term, ...]:
         """The terms with a map, input first: the layer slider's positions."""
         return self.result.spatial_terms
 

@@ -287,17 +287,15 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
     methods.get_by_label("CAM · ScoreCAM").check()
     page.locator("#compare-btn").click()
     tab_says(page, "#compare-tab", "computing scorecam")  # the progress bar, under Stop
-    page.locator("#compare-stop").click()
-    timings = page.locator("#compare-timings")
-    page.wait_for_function(
-        "() => (document.querySelector('#compare-timings')?.innerText || '').includes('stopped')"
+    stop_cleanly(
+        page,
+        "compare",
+        ("#compare-timings", "stopped"),
+        "comparison stopped; not computed: scorecam",
     )
-    wait_for_log("comparison stopped; not computed: scorecam")
-    page.wait_for_timeout(500)  # what would come after the stop (nothing should)
-    page.screenshot(path=str(OUTPUT / "e2e_compare_stopped.png"), full_page=True)
     # what was done stays, ScoreCAM is marked stopped, and nothing reads as an error
-    assert "pending" not in timings.inner_text() and timings.inner_text().count('"done"') == 8
-    looks_fine(page, "#compare-tab")
+    timings = page.locator("#compare-timings").inner_text()
+    assert "pending" not in timings and timings.count('"done"') == 8
     page.locator("#compare-grid img").wait_for(state="visible")
     assert page.page_errors == [] and page.external == []
 
@@ -308,6 +306,17 @@ def tab_says(page, selector: str, text: str, timeout: float = 120_000) -> None:
         arg=[selector, text],
         timeout=timeout,
     )
+
+
+def stop_cleanly(page, prefix: str, shows: tuple[str, str], logged: str) -> None:
+    """Press ``#<prefix>-stop``, wait until ``shows`` (selector, text) and the server's
+    log says ``logged``, then check that nothing in the tab reads as an error."""
+    page.locator(f"#{prefix}-stop").click()
+    tab_says(page, *shows)
+    wait_for_log(logged)
+    page.wait_for_timeout(500)  # what would come after the stop (nothing should)
+    page.screenshot(path=str(OUTPUT / f"e2e_{prefix}_stopped.png"), full_page=True)
+    looks_fine(page, f"#{prefix}-tab")
 
 
 def looks_fine(page, selector: str) -> None:
@@ -342,12 +351,7 @@ def test_sanity_check_fills_the_grid_and_stop_stops(page):
     before = src(page, "#sanity-grid img")
     page.locator("#sanity-btn").click()
     wait_for_new_src(page, "#sanity-grid img", before)  # the new run's first column is in
-    page.locator("#sanity-stop").click()
-    tab_says(page, "#sanity-numbers", '"stopped"')
-    wait_for_log("sanity check stopped")
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(OUTPUT / "e2e_sanity_stopped.png"), full_page=True)
-    looks_fine(page, "#sanity-tab")
+    stop_cleanly(page, "sanity", ("#sanity-numbers", '"stopped"'), "sanity check stopped")
     page.locator("#sanity-grid img").wait_for(state="visible")
     page.locator("#sanity-curves img").wait_for(state="visible")
     assert '"original"' in page.locator("#sanity-numbers").inner_text()  # step 0 stays
@@ -385,12 +389,12 @@ def test_evaluate_shows_its_progress_stops_cleanly_and_its_table_fits_1024_px(na
         ".test(document.querySelector('#evaluate-tab')?.innerText || '')",
         timeout=180_000,
     )
-    page.locator("#evaluate-stop").click()
-    tab_says(page, "#scores", "GradCAM · stopped")
-    wait_for_log("evaluation stopped; not scored: gradcam")
-    page.wait_for_timeout(500)
-    page.screenshot(path=str(OUTPUT / "e2e_evaluate_stopped.png"), full_page=True)
-    looks_fine(page, "#evaluate-tab")
+    stop_cleanly(
+        page,
+        "evaluate",
+        ("#scores", "GradCAM · stopped"),
+        "evaluation stopped; not scored: gradcam",
+    )
     assert "T-Grad" in page.locator("#scores").inner_text()  # the method scored stays
     page.locator("#insertion img").wait_for(state="visible")
     # every column of the table is inside it, the steps column included

@@ -19,8 +19,7 @@ from explorer.handlers import BUNDLED_PHOTOS, REPLACED, Handlers
 from explorer.jobs import EXPLAIN, SLOW, Runs, WorkSlots
 from explorer.session import Session
 from explorer.uploads import PhotoGate
-from tests.explorer_files import PHOTOS, Request
-from tgrad.models import LITE0_PREPROCESSING, imagenet_categories
+from tests.explorer_files import PHOTOS, FakeLoaded, Request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
 
@@ -43,20 +42,12 @@ class Sleepy(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class Loaded:
-    def __init__(self, module: nn.Module) -> None:
-        self.name = "sleepy"
-        self.module = module.eval()
-        self.preprocessing = LITE0_PREPROCESSING
-        self.categories = imagenet_categories()
-
-
 @pytest.fixture
 def app(tmp_path):
     """Handlers over a session of the sleepy model, and six different photos."""
     Sleepy.forwards = []
     model = Sleepy()
-    session = Session(loader=lambda name, **_: Loaded(model))
+    session = Session(loader=lambda name, **_: FakeLoaded(model, name))
     gate = PhotoGate([tmp_path], BUNDLED_PHOTOS)
     handlers = Handlers(session, models=["sleepy"], gate=gate)
     photos = []
@@ -103,12 +94,38 @@ def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
+def comparing(handlers, photo, method, page, report, run_id=None):
+    """A comparison of one method of ``page`` running in a thread (:func:`run_in_thread`)."""
+    return run_in_thread(
+        handlers.compare,
+        photo,
+        "sleepy",
+        None,
+        [method],
+        None,
+        run_id,
+        request=page,
+        progress=report,
+    )
+
+
 # ------------------------------------------------------------------------ the slots
+
+
+def taker(slots: WorkSlots, order: list[str]):
+    """``take(name, priority)``: wait for a slot, note ``name``, free it."""
+
+    def take(name: str, priority: int) -> None:
+        with slots.hold(priority):
+            order.append(name)
+
+    return take
 
 
 def test_waiting_explanations_are_served_before_waiting_slow_work():
     slots = WorkSlots(1)
     order: list[str] = []
+    take = taker(slots, order)
     holding = threading.Event()
     release = threading.Event()
 
@@ -116,10 +133,6 @@ def test_waiting_explanations_are_served_before_waiting_slow_work():
         with slots.hold(SLOW):
             holding.set()
             release.wait(10)
-
-    def take(name, priority):
-        with slots.hold(priority):
-            order.append(name)
 
     threads = [threading.Thread(target=first)]
     threads[0].start()
@@ -155,9 +168,7 @@ def test_slow_work_hands_its_slot_to_a_waiting_explanation_and_takes_it_back_fir
             order.append("slow: chunk 2")
             assert not slot.pause()  # nobody of a higher priority waits now
 
-    def take(name, priority):
-        with slots.hold(priority):
-            order.append(name)
+    take = taker(slots, order)
 
     worker = threading.Thread(target=slow)
     worker.start()
@@ -184,15 +195,7 @@ def test_an_explanation_asked_for_during_two_comparisons_finishes_before_both(ap
         handlers.compute(photo, "sleepy", None)  # the comparisons' own explanations
     reports = [Reports(), Reports()]
     compares = [
-        run_in_thread(
-            handlers.compare,
-            photos[i],
-            "sleepy",
-            None,
-            ["smoothgrad"],
-            request=Request(f"page {i}"),
-            progress=reports[i],
-        )
+        comparing(handlers, photos[i], "smoothgrad", Request(f"page {i}"), reports[i])
         for i in range(2)
     ]
     for report in reports:  # both comparisons are inside SmoothGrad now
@@ -217,25 +220,9 @@ def test_the_second_run_of_a_page_can_be_stopped(app):
     handlers, photos = app
     page = Request("one page")
     first_report, second_report = Reports(), Reports()
-    first = run_in_thread(
-        handlers.compare,
-        photos[0],
-        "sleepy",
-        None,
-        ["smoothgrad"],
-        request=page,
-        progress=first_report,
-    )
+    first = comparing(handlers, photos[0], "smoothgrad", page, first_report)
     first_report.wait_for("computing smoothgrad", 2)
-    second = run_in_thread(
-        handlers.compare,
-        photos[1],
-        "sleepy",
-        None,
-        ["integrated_gradients"],
-        request=page,
-        progress=second_report,
-    )
+    second = comparing(handlers, photos[1], "integrated_gradients", page, second_report)
     first[0].join(60)
     assert first[1]["result"][-1][1]["methods"]["smoothgrad"]["status"] == "done"
     assert not second[1]  # the second run goes on
@@ -251,17 +238,7 @@ def test_pressing_again_replaces_the_running_comparison_and_says_so(app, capsys)
     page = Request("one page")
     report = Reports()
     first_id = handlers.press_compare(page)
-    first = run_in_thread(
-        handlers.compare,
-        photos[0],
-        "sleepy",
-        None,
-        ["smoothgrad"],
-        None,
-        first_id,
-        request=page,
-        progress=report,
-    )
+    first = comparing(handlers, photos[0], "smoothgrad", page, report, first_id)
     report.wait_for("computing smoothgrad", 2)
     capsys.readouterr()
     second_id = handlers.press_compare(page)

@@ -27,8 +27,8 @@ from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session, content_key, parse_key
 from explorer.uploads import UNUSABLE, PhotoGate, PhotoRejected
-from tests.explorer_files import PHOTOS
-from tgrad.models import DEFAULT_MODEL, LITE0_PREPROCESSING, imagenet_categories
+from tests.explorer_files import PHOTOS, FakeLoaded
+from tgrad.models import DEFAULT_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
 
@@ -217,17 +217,9 @@ class _Slow(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class _Loaded:
-    def __init__(self, module: nn.Module) -> None:
-        self.name = "slow"
-        self.module = module.eval()
-        self.preprocessing = LITE0_PREPROCESSING
-        self.categories = imagenet_categories()
-
-
 def test_explanation_work_is_limited_process_wide(places):
     slow = _Slow()
-    session = Session(loader=lambda name, **_: _Loaded(slow), max_explanations=1)
+    session = Session(loader=lambda name, **_: FakeLoaded(slow, name), max_explanations=1)
     gate = PhotoGate([places["uploads"]], BUNDLED_PHOTOS)
     handlers = Handlers(session, models=["slow"], gate=gate)
     photos, keys = [], []
