@@ -110,8 +110,9 @@ def wire_run(
 ) -> gr.events.Dependency:
     """Wire a run button and its Stop button (:func:`run_and_stop`).
 
-    The run button first calls ``press`` at once (no queue): it makes the run's Stop
-    token, stopping and replacing a run of the same page still going (and saying so),
+    The run button first calls ``press`` (at once: nothing else is in its queue): it makes
+    the run's Stop token, stopping and replacing a run of the same page still going (and
+    saying so),
     and puts its id in the State; then ``work`` runs in the queue with ``inputs`` and
     that id as its last input (``options``: its ``api_name``, concurrency, ...; a second
     press waits for the first run, which stops, and then runs). Its progress bar is drawn
@@ -121,7 +122,8 @@ def wire_run(
     what it did, the rest marked stopped. No Gradio ``cancels``: a cancelled event
     shows its outputs as an error."""
     quick: dict[str, Any] = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
-    pressed = controls.run.click(press, None, controls.run_id, **quick)
+    # queued (its own concurrency group, instant): a message it sends reaches the page
+    pressed = controls.run.click(press, None, controls.run_id, **{**quick, "queue": True})
     working = pressed.success(
         work,
         [*inputs, controls.run_id],

@@ -287,6 +287,13 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
     methods.get_by_label("CAM · ScoreCAM").check()
     page.locator("#compare-btn").click()
     tab_says(page, "#compare-tab", "computing scorecam")  # the progress bar, under Stop
+    # pressed again: the page says that the running comparison stops and this one replaces it
+    page.locator("#compare-btn").click()
+    toast = page.locator(".toast-body").first
+    toast.wait_for(state="visible")
+    assert "this one replaces it" in toast.inner_text()
+    wait_for_log("comparison replaced; not computed: scorecam")
+    tab_says(page, "#compare-tab", "computing scorecam")  # the new run's ScoreCAM
     stop_cleanly(
         page,
         "compare",
