@@ -108,7 +108,7 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
     term_index = explanation.term_indices[position]
     term = explanation.result.terms[term_index]
     last = explanation.positions - 1
-    what = "input term" if term.kind == "input" else "layer map"
+    what = "input term" if term_index == 0 else "layer map"  # the input term comes first
     value = float(term.contribution[0])
     lines = [
         f"**Position {position} / {last}** ({what}): {term_html(explanation, term_index)}: "
