@@ -12,9 +12,13 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from explorer.session import SESSION, set_torch_threads, warm_up
-from explorer.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS, build_demo
-from tgrad.models import list_models
+from explorer import allocator
+
+allocator.configure()  # before torch allocates anything: see explorer/allocator.py
+
+from explorer.session import SESSION, set_torch_threads, warm_up  # noqa: E402
+from explorer.ui import LAUNCH_OPTIONS, QUEUE_OPTIONS, build_demo  # noqa: E402
+from tgrad.models import list_models  # noqa: E402
 
 set_torch_threads()  # one thread per explanation (EXPLORER_TORCH_THREADS to change)
 demo = build_demo(SESSION)

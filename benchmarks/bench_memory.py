@@ -1,20 +1,36 @@
-"""Peak memory of one explanation of the worst images that load_image accepts.
+"""Peak memory of one explanation of the worst images that load_image accepts, and the
+server's resident memory under rounds of load.
 
-For each input (the largest accepted pixel count in several formats and modes, plus a
-224 x 224 photo as the reference), a fresh Python process loads efficientnet_lite0,
-then measures ``load_image`` + preprocessing + one T-Grad explanation. The figure is the
+**Inputs** (default): for each input (the largest accepted pixel count in several formats
+and modes, the longest accepted shape, plus a 224 x 224 photo as the reference), a fresh
+Python process loads efficientnet_lite0, then measures ``load_image`` + preprocessing +
+the explorer's largest display crop (3x) + one T-Grad explanation. The figure is the
 peak resident memory (Linux ``VmHWM``, reset with ``/proc/self/clear_refs`` after the
 model is loaded) minus the resident memory at that moment: what one explanation of that
 file adds to a server that already holds the model. "decode MB" is the same peak read
 right after ``load_image``. PIL and libjpeg allocate outside Python, so tracemalloc
 would not see them; resident memory does.
 
-    python benchmarks/bench_memory.py                  # all inputs
-    python benchmarks/bench_memory.py --only png_rgba16 photo_224
+    python -m benchmarks.bench_memory                  # all inputs
+    python -m benchmarks.bench_memory --only png_rgba16 photo_224
 
 Each input is made at the largest square size that load_image accepts for its kind (found
 by bisection on patched headers: what the pixel cap and the decode budget let through);
 the files are cached in the temporary folder tgrad-bench-memory, named by their side.
+
+**Rounds** (``--rounds N``): ``python app.py`` is started once per allocator setting and
+given N rounds of load through its HTTP API, each of 16 explanations of new photos (four
+at a time), 2 comparisons and 1 sanity check, as a busy classroom Space would get them;
+the server's resident memory is read after each round (after a short pause, once its
+queue is empty). The settings: ``default`` (glibc as it comes: ``EXPLORER_MALLOC=default``,
+the baseline), ``tuned`` (explorer/allocator.py: arenas capped, mmap and trim thresholds
+pinned, ``malloc_trim`` after heavy jobs) and ``jemalloc`` (``LD_PRELOAD`` of
+libjemalloc.so.2 where it is installed, with the default glibc settings). The target:
+resident memory after the last round within 1.3 times that after the first.
+
+    python -m benchmarks.bench_memory --rounds 3
+    python -m benchmarks.bench_memory --rounds 3 --allocators default tuned \
+        --compare-methods gradcam vanilla integrated_gradients smoothgrad scorecam
 """
 
 from __future__ import annotations
@@ -86,6 +102,11 @@ def write_png(path: Path, width: int, height: int, colour_type: int, depth: int)
         file.write(chunk(b"IEND", b""))
 
 
+def longest(path: Path, w: int, h: int) -> None:
+    """The longest shape accepted (MAX_ASPECT to 1): the largest resize of the display."""
+    Image.fromarray(pattern(images.MAX_ASPECT * 100, 100, 3)).save(path)
+
+
 def makers() -> dict[str, tuple[str, Callable[[Path, int, int], None]]]:
     """name -> (suffix, make(path, width, height)), one per kind of worst case."""
 
@@ -118,6 +139,7 @@ def makers() -> dict[str, tuple[str, Callable[[Path, int, int], None]]]:
 
     return {
         "photo_224": (".jpg", photo_224),
+        "png_longest_accepted": (".png", longest),
         "png_rgb8": (".png", lambda p, w, h: rgb("RGB", w, h).save(p, compress_level=9)),
         "png_gray16": (".png", gray16),
         "png_rgb16": (".png", lambda p, w, h: write_png(p, w, h, 2, 16)),
@@ -197,7 +219,8 @@ def make_inputs(folder: Path, only: set[str] | None) -> dict[str, Path]:
     for name, (suffix, make) in makers().items():
         if only and name not in only:
             continue
-        side = 224 if name == "photo_224" else largest_side(make, suffix, folder)
+        fixed = {"photo_224": 224, "png_longest_accepted": images.MAX_ASPECT}
+        side = fixed[name] if name in fixed else largest_side(make, suffix, folder)
         path = folder / f"{name}_{side}{suffix}"
         if not path.exists():
             print(f"  making {path.name} ...", file=sys.stderr, flush=True)
@@ -226,6 +249,7 @@ def reset_peak() -> None:
 def child(path: str) -> None:
     import gc
 
+    from explorer.session import DISPLAY_SCALES
     from tgrad import TGrad, load_model
 
     loaded = load_model("efficientnet_lite0")
@@ -242,10 +266,128 @@ def child(path: str) -> None:
     decode = status_kb("VmHWM") - base
     with Image.open(path) as opened:
         pixels = opened.size
+    loaded.preprocessing.crop_image(image, max(DISPLAY_SCALES))  # the explorer's largest
     explainer(loaded.preprocessing(image)[None])
     seconds = time.perf_counter() - start
     peak = status_kb("VmHWM") - base
     print(json.dumps({"decode_kb": decode, "peak_kb": peak, "s": seconds, "size": pixels}))
+
+
+# ---------------------------------------------------------------- rounds against the server
+
+JEMALLOC = "/lib/x86_64-linux-gnu/libjemalloc.so.2"
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default": {"EXPLORER_MALLOC": "default"},
+    "tuned": {},
+    "jemalloc": {"EXPLORER_MALLOC": "default", "LD_PRELOAD": JEMALLOC},
+}
+"""Environment of the server for each allocator setting (see the module docstring)."""
+EXPLAINS, COMPARES, TARGET_RATIO = 16, 2, 1.3
+SANITY_METHODS = ["tgrad", "gradcam", "vanilla", "guided_backprop"]  # the tab's default
+
+
+def status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def distinct_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` different 320 x 320 photos cut from the bundled ones (offsets, flips)."""
+    sources = sorted((ROOT / "assets").glob("*.jpg"))
+    paths = []
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as photo:
+            rgb = photo.convert("RGB")
+        k = i // len(sources)
+        box = (4 * k, 3 * k, rgb.width - 2 * k, rgb.height - 5 * k)
+        image = ImageOps.fit(rgb.crop(box), (320, 320))
+        path = folder / f"round_photo_{i}.png"
+        (ImageOps.mirror(image) if k % 2 else image).save(path)
+        paths.append(path)
+    return paths
+
+
+def api_call(client: object, api: str, data: list) -> str:
+    """POST /gradio_api/call/<api>, read its stream to the end: the last event's name."""
+    posted = client.post(f"/gradio_api/call/{api}", json={"data": data})
+    posted.raise_for_status()
+    stream = client.get(f"/gradio_api/call/{api}/{posted.json()['event_id']}").text
+    events = [line[7:] for line in stream.splitlines() if line.startswith("event: ")]
+    return events[-1] if events else "none"
+
+
+def upload(client: object, path: Path) -> dict:
+    with open(path, "rb") as file:
+        answer = client.post("/gradio_api/upload", files={"files": (path.name, file)})
+    answer.raise_for_status()
+    return {"path": answer.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+
+def one_round(client: object, photos: list[Path], compare_methods: list[str]) -> list[str]:
+    """16 explanations (four at a time), 2 comparisons and 1 sanity check, all at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads = [upload(client, path) for path in photos]
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [
+            pool.submit(api_call, client, "compare", [p, None, None, compare_methods])
+            for p in payloads[:COMPARES]
+        ]
+        jobs.append(
+            pool.submit(api_call, client, "sanity", [payloads[2], None, None, SANITY_METHODS, None])
+        )
+        with ThreadPoolExecutor(4) as explains:
+            done = list(
+                explains.map(lambda p: api_call(client, "explain", [p, None, None, 0.5]), payloads)
+            )
+        return done + [job.result() for job in jobs]
+
+
+def rounds(count: int, allocators: list[str], compare_methods: list[str]) -> None:
+    import httpx
+
+    from tests.test_explorer_e2e import start_app, stop_app
+
+    folder = Path(tempfile.gettempdir()) / "tgrad-bench-memory"
+    folder.mkdir(exist_ok=True)
+    photos = distinct_photos(folder, EXPLAINS * count)
+    print(
+        f"{count} rounds of {EXPLAINS} explanations (4 at a time), {COMPARES} comparisons "
+        f"({', '.join(compare_methods)}) and 1 sanity check ({', '.join(SANITY_METHODS)}), "
+        "all at once, new photos each round; resident memory of the server (MiB)"
+    )
+    header = f"{'allocator':<10}{'start':>8}" + "".join(
+        f"{f'round {i}':>9}" for i in range(1, count + 1)
+    )
+    print(header + f"{'peak':>8}{'last/1st':>10}{'s':>6}  ok")
+    for name in allocators:
+        env = ALLOCATORS[name]
+        if "LD_PRELOAD" in env and not Path(env["LD_PRELOAD"]).exists():
+            print(f"{name:<10}  not installed ({env['LD_PRELOAD']})")
+            continue
+        log = Path(tempfile.gettempdir()) / f"bench_memory_{name}.log"
+        process, url = start_app(log, env)
+        try:
+            client = httpx.Client(base_url=url, timeout=600)
+            start, after, began = status_mb(process.pid, "VmRSS"), [], time.perf_counter()
+            for number in range(count):
+                events = one_round(
+                    client, photos[number * EXPLAINS : (number + 1) * EXPLAINS], compare_methods
+                )
+                if set(events) != {"complete"}:
+                    raise RuntimeError(f"{name}, round {number + 1}: {events}; see {log}")
+                time.sleep(2)  # the queue is empty: what the server keeps
+                after.append(status_mb(process.pid, "VmRSS"))
+            peak = status_mb(process.pid, "VmHWM")
+            seconds = time.perf_counter() - began
+        finally:
+            stop_app(process)
+        ratio = after[-1] / after[0]
+        cells = "".join(f"{mb:>9.0f}" for mb in after)
+        ok = "yes" if ratio <= TARGET_RATIO else "NO"
+        print(f"{name:<10}{start:>8.0f}{cells}{peak:>8.0f}{ratio:>10.2f}{seconds:>6.0f}  {ok}")
 
 
 # ---------------------------------------------------------------- table (parent)
@@ -254,10 +396,22 @@ def child(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="input names to run (default: all)")
+    parser.add_argument("--rounds", type=int, help="rounds of load against the server")
+    parser.add_argument(
+        "--allocators", nargs="*", choices=list(ALLOCATORS), default=list(ALLOCATORS)
+    )
+    parser.add_argument(
+        "--compare-methods",
+        nargs="*",
+        default=["tgrad", "gradcam", "fullgrad", "vanilla", "integrated_gradients", "smoothgrad"],
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
+        return
+    if args.rounds:
+        rounds(args.rounds, args.allocators, args.compare_methods)
         return
     only = set(args.only) | {"photo_224"} if args.only else None
     folder = Path(tempfile.gettempdir()) / "tgrad-bench-memory"

@@ -5,7 +5,9 @@ and the same caches: T-Grad's map is the explanation already computed there, and
 method's map is kept by the session, so switching tabs or comparing again recomputes
 nothing. Compare (``/compare`` in the API) streams a grid: the single-pass methods
 arrive together from one shared pass, the slow ones (ScoreCAM, Integrated Gradients,
-SmoothGrad) one by one with a progress bar; Stop ends the running one.
+SmoothGrad) one by one with a progress bar, the quick ones first; Stop ends the running
+one and the grid keeps what was done. The grid follows the Explain tab's colour map
+and carries its colour bar.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import gradio as gr
 from explorer import render
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import Handlers
-from explorer.widgets import method_picker, run_and_stop, wire_stop
+from explorer.widgets import method_picker, run_and_stop, wire_run
 
 
 def default_methods() -> list[str]:
@@ -37,7 +39,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260):
                 methods = method_picker(default_methods(), "compare-methods")
-                run, stop = run_and_stop("Compare", "compare")
+                controls = run_and_stop("Compare", "compare")
             with gr.Column(scale=3, min_width=400):
                 grid = gr.Image(
                     label="Each method's map over the photo",
@@ -53,9 +55,12 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                 with gr.Accordion("Timings (as the /compare API returns them)", open=False):
                     timings = gr.JSON(label="Timings", elem_id="compare-timings")
 
-    running = run.click(
+    wire_run(
+        controls,
+        handlers.press_compare,
         handlers.compare,
-        [explain.image, explain.model, explain.target, methods],
+        handlers.stop_compare,
+        [explain.image, explain.model, explain.target, methods, explain.cmap],
         [grid, timings],
         api_name="compare",
         api_description="Compare methods on a photo: a grid of overlays (PNG) and timings.",
@@ -63,4 +68,3 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         concurrency_limit=2,
         preprocess=False,
     )
-    wire_stop(stop, handlers.stop_compare, running)

@@ -5,7 +5,9 @@ as the most salient pixels are put back into a blurred copy, or removed from the
 and a table of Insertion, Deletion, Insertion - Deletion, Average Drop % and % Increase
 in Confidence (SPEC 4). A quick look uses fewer steps than the paper's 224; the step count
 used is always in the table. Maps are shared with the Compare tab's cache, and each score
-is kept by the session too. ``/evaluate`` in the API.
+is kept by the session too. The progress bar names the method being scored, its step
+and the time left; Stop ends the run, and the table keeps what was scored. ``/evaluate``
+in the API.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import gradio as gr
 from explorer import render
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import DEFAULT_STEPS, MAX_STEPS, Handlers
-from explorer.widgets import method_picker
+from explorer.widgets import method_picker, run_and_stop, wire_run
 
 DEFAULT_METHODS = ["tgrad", "gradcam", "fullgrad", "vanilla", "input_x_gradient"]
 STEP_CHOICES = [
@@ -49,7 +51,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                     info="Each step is one forward pass per curve: 224 steps cost 448 per map.",
                     elem_id="evaluate-steps",
                 )
-                run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-btn")
+                controls = run_and_stop("Evaluate", "evaluate")
             with gr.Column(scale=3, min_width=400):
                 with gr.Row():
                     insertion = gr.Plot(label="Insertion", format="png", elem_id="insertion")
@@ -58,11 +60,16 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                     headers=list(render.SCORE_COLUMNS),
                     label="Scores (↑ higher is better, ↓ lower is better)",
                     interactive=False,
+                    wrap=True,
+                    column_widths=["17%", "13%", "11%", "12%", "12%", "13%", "8%", "14%"],
                     elem_id="scores",
                 )
 
-    run.click(
+    wire_run(
+        controls,
+        handlers.press_evaluate,
         handlers.evaluate,
+        handlers.stop_evaluate,
         [explain.image, explain.model, explain.target, methods, steps],
         [insertion, deletion, table],
         api_name="evaluate",

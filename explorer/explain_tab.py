@@ -34,8 +34,9 @@ class ExplainTab:
 
     image: gr.Image
     model: gr.Dropdown
-    target: gr.Dropdown
+    target: gr.Textbox
     key: gr.State
+    cmap: gr.Radio
 
 
 BIG = 520
@@ -181,6 +182,7 @@ def build(
                         max_lines=1,
                         elem_id="view-link",
                     )
+                link_note = gr.Markdown(elem_id="view-link-note")
                 with gr.Row():
                     figures_button = gr.Button("Download figures (zip)", elem_id="figures-btn")
                     figures = gr.File(label="Figures", interactive=False, elem_id="figures")
@@ -188,7 +190,7 @@ def build(
             label="Every layer at once (the paper's Fig. 2), with each term's share: click a "
             "map to show it above, with its name",
             columns=10,
-            height=680,
+            height="auto",  # every row shown (seven for Lite2); see ui.PAGE_CSS
             allow_preview=False,
             object_fit="contain",
             format="png",
@@ -258,7 +260,7 @@ def build(
         )
     )
     # a picked model is loaded at once (its download, if any, with a progress bar)
-    picked = model.change(
+    picked = model.change(  # preprocess=False: the handler checks the value itself
         handlers.prepare_model,
         [model],
         model_note,
@@ -266,6 +268,7 @@ def build(
         concurrency_id="explain",
         concurrency_limit=2,
         trigger_mode="always_last",
+        preprocess=False,
     )
     explain_and_show(picked.success(*check, **private))
     explain_and_show(target.submit(*check, **private))
@@ -294,6 +297,7 @@ def build(
     # the address bar follows the view: the server writes the link when an explanation
     # is shown; slider, view and colour map steps only edit it in the browser
     key.change(handlers.view_link, [key, layer, mode, cmap], query, **private)
+    key.change(handlers.link_note, [key], link_note, **private)
     gr.on(
         [query.change, layer.change, mode.change, cmap.change],
         None,
@@ -312,4 +316,4 @@ def build(
             requested,
         )
     figures_button.click(handlers.figures, view_inputs, figures, **private)
-    return ExplainTab(image, model, target, key)
+    return ExplainTab(image, model, target, key, cmap)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import threading
 import urllib.error
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,12 +30,15 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from explorer import render, share
+from explorer.guard import refusal as _user_error  # a user error: the app's own message
+from explorer.jobs import Run, Runs, Stopped
 from explorer.session import (
     SESSION,
     Explanation,
     MethodMap,
+    MethodScore,
+    SanityRun,
     Session,
-    Stopped,
     available_models,
     content_digest,
     download_report,
@@ -69,16 +71,25 @@ MAX_UPLOAD_MB = 25
 """The largest photo file accepted, in MB (``launch(max_file_size=...)`` says the same)."""
 MAX_NUMBER_TEXT = 32
 MAX_RUNNING_JOBS = 1024
-"""Stop flags kept at most (one per page and kind of run, removed when the run ends)."""
+"""Stop tokens kept at most (one per run, removed when the run ends)."""
+REPLACED = {
+    "compare": "Compare was pressed again: the comparison that was running stops, and "
+    "this one replaces it.",
+    "evaluate": "Evaluate was pressed again: the evaluation that was running stops, and "
+    "this one replaces it.",
+    "sanity": "Run was pressed again: the sanity check that was running stops, and this "
+    "one replaces it.",
+}
+"""What the page says when a run button is pressed while its previous run goes on."""
 DEFAULT_MEASURE = "spearman_abs"
 DEFAULT_STEPS = 56
 """Insertion/deletion steps of the Evaluate tab's quick look (the paper uses 224)."""
 MAX_STEPS = 224
 
 
-def _user_error(message: str, title: str) -> gr.Error:
-    """An error the user caused and can fix: shown in the page, not logged as a crash."""
-    return gr.Error(message, title=title, print_exception=False)
+def _page(request: gr.Request | None) -> str:
+    """The page (Gradio session) a request comes from ("" for a direct call)."""
+    return str(getattr(request, "session_hash", None) or "")
 
 
 def _unavailable(model: str, error: WeightsUnavailableError) -> gr.Error:
@@ -124,17 +135,15 @@ def number(value: object, name: str, low: float, high: float, default: float) ->
     """
     if value is None:
         return default
-    bad = _user_error(f"{name} must be a number from {low:g} to {high:g}.", "Invalid value")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise bad
-    if isinstance(value, str) and len(value) > MAX_NUMBER_TEXT:
-        raise bad
-    try:
-        result = float(value)
-    except (ValueError, OverflowError) as error:
-        raise bad from error
+    result = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        if not isinstance(value, str) or len(value) <= MAX_NUMBER_TEXT:
+            try:
+                result = float(value)
+            except (ValueError, OverflowError):
+                pass
     if not math.isfinite(result):
-        raise bad
+        raise _user_error(f"{name} must be a number from {low:g} to {high:g}.", "Invalid value")
     return min(max(result, low), high)
 
 
@@ -160,8 +169,8 @@ class Handlers:
         self.session = session or SESSION
         self.models = tuple(models) if models is not None else tuple(available_models())
         self.gate = gate or default_gate(BUNDLED_PHOTOS, MAX_UPLOAD_MB * 1024 * 1024)
-        self._stops: dict[str, threading.Event] = {}
-        """The Stop flag of each page's running comparison, by Gradio session."""
+        self.runs = Runs(MAX_RUNNING_JOBS)
+        """The Stop token of every running comparison, evaluation and cascade."""
 
     def read_photo(self, image: Photo) -> bytes | None:
         """The bytes of the photo input, through the gate (None: no photo)."""
@@ -442,6 +451,14 @@ class Handlers:
         photo = BUNDLED_DIGESTS.get(parsed[0]) if parsed else None
         return share.view_query(explanation, photo, explanation.clamp(position), mode, cmap)
 
+    def link_note(self, key: str | None) -> str:
+        """What the page says beside the link: that an uploaded photo is not in it."""
+        explanation = self.session.lookup(key if isinstance(key, str) else None)
+        parsed = parse_key(explanation.key) if explanation is not None else None
+        if parsed is None or parsed[0] in BUNDLED_DIGESTS:
+            return ""
+        return share.LINK_WITHOUT_PHOTO
+
     def open_link(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Page load: apply the view the page's link asks for: (photo, model, class,
         requested layer, mode, colour map), gr.skip() for what it does not set. What
@@ -453,6 +470,8 @@ class Handlers:
         if ignored:
             verb = "was" if len(ignored) == 1 else "were"
             gr.Warning(f"This link's {', '.join(ignored)} could not be used and {verb} ignored.")
+        if view.uploaded:
+            gr.Warning(share.UPLOAD_AGAIN)
         skip = gr.skip()
         return (
             str(BUNDLED_BY_NAME[view.photo]) if view.photo else skip,
@@ -484,6 +503,45 @@ class Handlers:
         name = f"t-grad-{explanation.model}-class{explanation.target}-position{index}"
         return str(share.save_figures(FIGURES_DIR, name, data))
 
+    # ---------------------------------------------------------------- runs and Stop
+
+    def press_compare(self, request: gr.Request | None = None) -> str:
+        """The Compare button: a new run of this page (:meth:`_press`)."""
+        return self._press("compare", request)
+
+    def press_evaluate(self, request: gr.Request | None = None) -> str:
+        """The Evaluate button: a new run of this page (:meth:`_press`)."""
+        return self._press("evaluate", request)
+
+    def press_sanity(self, request: gr.Request | None = None) -> str:
+        """The Sanity tab's Run button: a new run of this page (:meth:`_press`)."""
+        return self._press("sanity", request)
+
+    def stop_compare(self, request: gr.Request | None = None) -> None:
+        """The Compare tab's Stop button: this page's comparisons stop."""
+        self.runs.stop("compare", _page(request))
+
+    def stop_evaluate(self, request: gr.Request | None = None) -> None:
+        """The Evaluate tab's Stop button: this page's evaluations stop."""
+        self.runs.stop("evaluate", _page(request))
+
+    def stop_sanity(self, request: gr.Request | None = None) -> None:
+        """The Sanity tab's Stop button: this page's cascades stop."""
+        self.runs.stop("sanity", _page(request))
+
+    def _press(self, kind: str, request: gr.Request | None) -> str:
+        """A run button was pressed: the run's id (for the page's ``gr.State``, read by
+        the run when its work begins). A run of the same page and kind still going is
+        stopped, and the page says that the new one replaces it."""
+        run, replaced = self.runs.press(kind, _page(request))
+        if replaced:
+            log.info("%s pressed again on one page: the running one stops", kind)
+            gr.Info(REPLACED[kind])
+        return run.id
+
+    def _begin(self, kind: str, request: gr.Request | None, run_id: object) -> Run:
+        return self.runs.begin(kind, _page(request), run_id)
+
     # ---------------------------------------------------------------- Compare tab
 
     def compare(
@@ -492,66 +550,52 @@ class Handlers:
         model: str | None,
         target: str | None,
         methods: Sequence[str] | None,
+        cmap: str | None = None,
+        run_id: str | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
-    ) -> Iterator[tuple[Any, dict[str, Any]]]:
-        """Compare methods on a photo: yields (grid picture, timings) as maps arrive.
+    ) -> Iterator[tuple[Any, ...]]:
+        """Compare methods on a photo: yields (grid picture, timings) as maps arrive, the
+        grid in colour map ``cmap`` (default viridis) with its colour bar.
 
-        The single-pass methods come first, together; each slow one follows alone. The
-        Stop button (:meth:`stop_compare`) ends the running method at its next progress
-        report; the grid then says which methods were stopped.
+        The single-pass methods come first, together; each other one follows alone, the
+        quick ones first. The Stop button (:meth:`stop_compare`) ends the running method
+        at its next chunk: the grid keeps what was done and marks the rest "stopped".
+        ``run_id`` is the run made when the button was pressed (:meth:`press_compare`);
+        an API call has none and gets its own.
         """
-        chosen = self.method_list(methods)
-        explanation = self.compute(image, model, target, progress)
-        stop = self._stop_event(request, "compare")
-        done: dict[str, MethodMap] = {}
+        run = self._begin("compare", request, run_id)
         try:
-            for done in self.session.method_maps(explanation, chosen, progress, stop):
+            chosen = self.method_list(methods)
+            cmap = choice(cmap, list(viz.CMAPS), "The colour map", viz.DEFAULT_CMAP)
+            explanation = self.compute(image, model, target, progress)
+            done: dict[str, MethodMap] = {}
+            try:
+                for done in self.session.method_maps(explanation, chosen, progress, run):
+                    if run.replaced:
+                        return
+                    yield (
+                        render.compare_grid(explanation, chosen, done, cmap=cmap),
+                        render.compare_timings(explanation, chosen, done),
+                    )
+            except GeneratorExit:  # Gradio closed the event between two methods
+                log.info("comparison closed by the page between methods")
+                raise
+            except Stopped:
+                stopped = [m for m in chosen if m not in done]
+                log.info("comparison %s; not computed: %s", run.reason, ", ".join(stopped))
+                if run.replaced:
+                    return
                 yield (
-                    render.compare_grid(explanation, chosen, done),
-                    render.compare_timings(explanation, chosen, done),
+                    render.compare_grid(explanation, chosen, done, stopped, cmap),
+                    render.compare_timings(explanation, chosen, done, stopped),
                 )
-        except GeneratorExit:  # Gradio cancelled the event between two methods
-            log.info("comparison stopped by the user (cancelled between methods)")
-            raise
-        except Stopped:
-            stopped = [m for m in chosen if m not in done]
-            log.info("comparison stopped by the user; not computed: %s", ", ".join(stopped))
-            yield (
-                render.compare_grid(explanation, chosen, done, stopped),
-                render.compare_timings(explanation, chosen, done, stopped),
-            )
-        except NotDecomposableError as error:
-            raise _user_error(str(error), "Model cannot be explained") from error
-        except MemoryError as error:
-            raise _user_error("Not enough memory for these methods.", "Too large") from error
+            except NotDecomposableError as error:
+                raise _user_error(str(error), "Model cannot be explained") from error
+            except MemoryError as error:
+                raise _user_error("Not enough memory for these methods.", "Too large") from error
         finally:
-            self._stops.pop(self._stop_id(request, "compare"), None)
-
-    def stop_compare(self, request: gr.Request | None = None) -> None:
-        """The Compare tab's Stop button: this page's running comparison stops."""
-        self._stop(request, "compare")
-
-    def stop_sanity(self, request: gr.Request | None = None) -> None:
-        """The Sanity tab's Stop button: this page's running cascade stops."""
-        self._stop(request, "sanity")
-
-    def _stop(self, request: gr.Request | None, kind: str) -> None:
-        event = self._stops.get(self._stop_id(request, kind))
-        if event is not None:
-            event.set()
-
-    @staticmethod
-    def _stop_id(request: gr.Request | None, kind: str) -> str:
-        return f"{kind}:{getattr(request, 'session_hash', None) or ''}"
-
-    def _stop_event(self, request: gr.Request | None, kind: str) -> threading.Event:
-        """A Stop flag for this page's run of ``kind`` (bounded: past the limit a run
-        gets a flag no button can reach, rather than memory growing)."""
-        event = threading.Event()
-        if len(self._stops) < MAX_RUNNING_JOBS:
-            self._stops[self._stop_id(request, kind)] = event
-        return event
+            self.runs.finish(run)
 
     # ---------------------------------------------------------------- Sanity tab
 
@@ -562,35 +606,51 @@ class Handlers:
         target: str | None,
         methods: Sequence[str] | None,
         measure: str | None = DEFAULT_MEASURE,
+        run_id: str | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> Iterator[tuple[Any, Any, dict[str, Any], str]]:
         """Cascading randomization: yields (grid, similarity plot, numbers, run key) after
-        each step. The Stop button (:meth:`stop_sanity`) ends it before the next step."""
+        each step. The Stop button (:meth:`stop_sanity`) ends it at the next chunk of a
+        slow method or the next step: the columns done stay, the rest say "stopped"."""
         from tgrad.sanity import MEASURES
 
-        chosen = self.method_list(methods)
-        measure = choice(measure, MEASURES, "The measure", DEFAULT_MEASURE)
-        explanation = self.compute(image, model, target, progress)
-        stop = self._stop_event(request, "sanity")
-        key = sanity_key(explanation, chosen)
+        run = self._begin("sanity", request, run_id)
         try:
-            for run in self.session.sanity(explanation, chosen, progress, stop):
-                yield (
-                    render.sanity_grid(explanation, run),
-                    render.sanity_curves(run, measure),
-                    render.sanity_numbers(explanation, run),
-                    key,
-                )
-        except Stopped:
-            log.info("sanity check stopped by the user")
-        except GeneratorExit:  # Gradio cancelled the event between two steps
-            log.info("sanity check stopped by the user (cancelled between steps)")
-            raise
-        except MemoryError as error:
-            raise _user_error("Not enough memory for these methods.", "Too large") from error
+            chosen = self.method_list(methods)
+            measure = choice(measure, MEASURES, "The measure", DEFAULT_MEASURE)
+            explanation = self.compute(image, model, target, progress)
+            key = sanity_key(explanation, chosen)
+            shown = None
+            try:
+                for shown in self.session.sanity(explanation, chosen, progress, run):
+                    if run.replaced:
+                        return
+                    yield self._sanity_view(explanation, shown, measure, key)
+            except Stopped:
+                log.info("sanity check %s", run.reason)
+                if run.replaced:
+                    return
+                partial = shown or SanityRun(tuple(chosen))
+                yield self._sanity_view(explanation, partial, measure, key, stopped=True)
+            except GeneratorExit:  # Gradio closed the event between two steps
+                log.info("sanity check closed by the page between steps")
+                raise
+            except MemoryError as error:
+                raise _user_error("Not enough memory for these methods.", "Too large") from error
         finally:
-            self._stops.pop(self._stop_id(request, "sanity"), None)
+            self.runs.finish(run)
+
+    @staticmethod
+    def _sanity_view(
+        explanation: Explanation, run: SanityRun, measure: str, key: str, stopped: bool = False
+    ) -> tuple[Any, Any, dict[str, Any], str]:
+        return (
+            render.sanity_grid(explanation, run, stopped),
+            render.sanity_curves(run, measure),
+            render.sanity_numbers(explanation, run, stopped),
+            key,
+        )
 
     def sanity_measure(self, key: str | None, measure: str | None) -> Any:
         """The measure changed: redraw the curves of the last finished cascade."""
@@ -609,22 +669,36 @@ class Handlers:
         target: str | None,
         methods: Sequence[str] | None,
         steps: object = DEFAULT_STEPS,
+        run_id: str | None = None,
+        request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> Iterator[tuple[Any, Any, list[list[Any]]]]:
         """Score methods on a photo: yields (insertion plot, deletion plot, table) as each
-        method's metrics arrive. ``steps`` is the insertion/deletion step count."""
-        chosen = self.method_list(methods)
-        n_steps = int(number(steps, "The number of steps", 1, MAX_STEPS, DEFAULT_STEPS))
-        explanation = self.compute(image, model, target, progress)
+        method's metrics arrive. ``steps`` is the insertion/deletion step count. The
+        progress bar names the method, the step and the time left; the Stop button
+        (:meth:`stop_evaluate`) ends the run at the next chunk of perturbed images, and
+        the table marks the methods not scored "stopped"."""
+        run = self._begin("evaluate", request, run_id)
         try:
-            for done in self.session.method_scores(explanation, chosen, n_steps, progress):
-                yield (
-                    render.score_curves(chosen, done, "insertion"),
-                    render.score_curves(chosen, done, "deletion"),
-                    render.score_table(chosen, done),
-                )
-        except MemoryError as error:
-            raise _user_error("Not enough memory for these methods.", "Too large") from error
+            chosen = self.method_list(methods)
+            n_steps = int(number(steps, "The number of steps", 1, MAX_STEPS, DEFAULT_STEPS))
+            explanation = self.compute(image, model, target, progress)
+            done: dict[str, MethodScore] = {}
+            try:
+                for done in self.session.method_scores(explanation, chosen, n_steps, progress, run):
+                    if run.replaced:
+                        return
+                    yield render.evaluation(explanation, chosen, done)
+            except Stopped:
+                stopped = [m for m in chosen if m not in done]
+                log.info("evaluation %s; not scored: %s", run.reason, ", ".join(stopped))
+                if run.replaced:
+                    return
+                yield render.evaluation(explanation, chosen, done, stopped)
+            except MemoryError as error:
+                raise _user_error("Not enough memory for these methods.", "Too large") from error
+        finally:
+            self.runs.finish(run)
 
     @staticmethod
     def method_list(methods: object) -> list[str]:

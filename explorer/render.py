@@ -23,6 +23,7 @@ from explorer.session import (
     MethodMap,
     MethodScore,
     SanityRun,
+    method_label,
 )
 from tgrad import viz
 from tgrad.models import LoadedModel, ModelInfo
@@ -107,7 +108,7 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
     term_index = explanation.term_indices[position]
     term = explanation.result.terms[term_index]
     last = explanation.positions - 1
-    what = "input term" if term.kind == "input" else "layer map"
+    what = "input term" if term_index == 0 else "layer map"  # the input term comes first
     value = float(term.contribution[0])
     lines = [
         f"**Position {position} / {last}** ({what}): {term_html(explanation, term_index)}: "
@@ -143,6 +144,26 @@ def layer_caption(explanation: Explanation, position: int, mode: str | None) -> 
 
 GALLERY_SIZE = 112
 """Side in pixels of each picture of the layer grid (the paper's Fig. 2)."""
+FIGURE_SIZE = 160
+"""Side in pixels of each map of the layer grid in the figures zip."""
+FIGURE_COLUMNS = 8
+
+
+def _layer_pictures(
+    explanation: Explanation, cmap: str, size: int
+) -> list[tuple[int, np.ndarray, str]]:
+    """For each slider position: (its term's index, its own map over the photo at
+    ``size`` px, its share of all terms as ``"+1.2%"``)."""
+    base = viz.thumbnail(explanation.pixels, size)
+    total = explanation.total_size
+    pictures = []
+    for term_index in explanation.term_indices:
+        term = explanation.result.terms[term_index]
+        assert term.map is not None  # spatial terms have maps
+        value = float(term.contribution[0])
+        share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
+        pictures.append((term_index, map_overlay(base, term.map[0], 0.6, cmap), share))
+    return pictures
 
 
 def layer_gallery(
@@ -151,17 +172,23 @@ def layer_gallery(
     """The paper's Fig. 2: every slider position's own map over the photo, small, in
     slider order, each captioned with its position and its share, ``"4 · +1.2%"`` (a
     click on picture k moves the slider to k, where the caption names the layer)."""
-    base = viz.thumbnail(explanation.pixels, GALLERY_SIZE)
-    total = explanation.total_size
-    pictures = []
-    for position, term_index in enumerate(explanation.term_indices):
-        term = explanation.result.terms[term_index]
-        assert term.map is not None  # spatial terms have maps
-        value = float(term.contribution[0])
-        share = f"{100 * value / total:+.1f}%" if total > 0 else "0"
-        caption = f"{position} · {share}"
-        pictures.append((map_overlay(base, term.map[0], 0.6, cmap), caption))
-    return pictures
+    pictures = _layer_pictures(explanation, cmap, GALLERY_SIZE)
+    return [(picture, f"{k} · {share}") for k, (_, picture, share) in enumerate(pictures)]
+
+
+def layer_figure(explanation: Explanation, cmap: str = viz.DEFAULT_CMAP) -> np.ndarray:
+    """The layer grid as a figure: every map titled with its position and readable name
+    (``"4 · Block 2 · expand conv"``) over its grid and share, and the colour bar of
+    ``cmap`` under them: uint8 [H,W,3]."""
+    panels = []
+    pictures = _layer_pictures(explanation, cmap, FIGURE_SIZE)
+    for position, (term_index, picture, share) in enumerate(pictures):
+        parts = explanation.title(term_index).split(" · ")
+        size = parts.pop() if len(parts) > 1 and " x " in parts[-1] else ""
+        name = " · ".join(parts)
+        panels.append((picture, f"{position} · {name}\n{size} · {share}".replace("\n · ", "\n")))
+    grid = viz.panel_grid(panels, columns=FIGURE_COLUMNS, title_height=36, gap=6)
+    return viz.with_colorbar(grid, cmap)
 
 
 def summary(explanation: Explanation) -> str:
@@ -237,7 +264,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
         )
     return {
         "model": explanation.model,
-        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "target": _target(explanation),
         "logit": logit,
         "probability": explanation.probability,
         "gap": explanation.gap,
@@ -409,20 +436,16 @@ COMPARE_COLUMNS = 4
 NORMALISATION = (
     f"Every panel uses the same normalisation: the map divided by its own "
     f"{viz.ROBUST_PERCENTILE:g}th percentile and clipped to [0, 1] (so a few extreme pixels "
-    f"cannot wash out the rest), the same colour map ({viz.DEFAULT_CMAP}: dark purple low, "
-    f'yellow high) and the same opacity ({COMPARE_ALPHA:g}). "shared" marks the methods that '
-    f"came out of one forward and backward pass together: the time shown is that pass's."
+    f"cannot wash out the rest), the colour map chosen in the Explain tab (its colour bar "
+    f'is under the grid) and the same opacity ({COMPARE_ALPHA:g}). "shared" marks the '
+    f"methods that came out of one forward and backward pass together: the time shown is "
+    f"that pass's."
 )
 """What the Compare tab says under its grid (and the API returns with the timings)."""
 
 _PENDING_GREY = viz.PENDING_GREY
-
-
-def method_label(method: str) -> str:
-    """The name a method goes by on the page, e.g. ``"Integrated Gradients"``."""
-    from tgrad.methods import METHODS
-
-    return METHODS[method].description.partition(":")[0]  # "GradCAM: ..." -> "GradCAM"
+STOPPED = "stopped"
+"""How a view marks what a stopped run did not compute (never an error)."""
 
 
 def _duration(seconds: float) -> str:
@@ -439,21 +462,23 @@ def compare_grid(
     methods: Sequence[str],
     done: Mapping[str, MethodMap],
     stopped: Sequence[str] = (),
+    cmap: str = viz.DEFAULT_CMAP,
 ) -> np.ndarray:
-    """The photo, then one overlay per method (a grey panel for one still to come):
-    uint8 [H,W,3]. Every map gets :data:`NORMALISATION`."""
+    """The photo, then one overlay per method in ``cmap`` (a grey panel for one still to
+    come, or "stopped"), the colour bar under them: uint8 [H,W,3]. Every map gets
+    :data:`NORMALISATION`."""
     pixels = explanation.pixels
     blank = np.full_like(pixels, _PENDING_GREY)
     panels = [(pixels, f"Photo · class {explanation.target_label}")]
     for method in methods:
         found = done.get(method)
         if found is None:
-            state = "stopped" if method in stopped else "computing…"
+            state = STOPPED if method in stopped else "computing…"
             panels.append((blank, f"{method_label(method)} · {state}"))
             continue
-        heat = viz.colorize_unit(viz.robust_normalize(found.map))
+        heat = viz.colorize_unit(viz.robust_normalize(found.map), cmap)
         panels.append((viz.blend(pixels, heat, COMPARE_ALPHA), _panel_title(found)))
-    return viz.panel_grid(panels, columns=COMPARE_COLUMNS)
+    return viz.with_colorbar(viz.panel_grid(panels, columns=COMPARE_COLUMNS), cmap)
 
 
 def compare_timings(
@@ -462,14 +487,15 @@ def compare_timings(
     done: Mapping[str, MethodMap],
     stopped: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``/compare`` API's JSON: for each method its status and time in milliseconds
-    (for methods computed in one shared pass, the time of that pass and how many shared
-    it), plus the model, the class and the normalisation of the grid."""
+    """The ``/compare`` API's JSON: for each method its status (``done``, ``pending``
+    or ``stopped``) and time in milliseconds (for methods computed in one shared pass,
+    the time of that pass and how many shared it), plus the model, the class and the
+    normalisation of the grid."""
     rows = {}
     for method in methods:
         found = done.get(method)
         if found is None:
-            rows[method] = {"status": "stopped" if method in stopped else "pending"}
+            rows[method] = {"status": STOPPED if method in stopped else "pending"}
             continue
         rows[method] = {
             "status": "done",
@@ -479,10 +505,14 @@ def compare_timings(
         }
     return {
         "model": explanation.model,
-        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "target": _target(explanation),
         "normalisation": NORMALISATION,
         "methods": rows,
     }
+
+
+def _target(explanation: Explanation) -> dict[str, Any]:
+    return {"index": explanation.target, "name": explanation.categories[explanation.target]}
 
 
 # ---------------------------------------------------------------------- the Evaluate tab
@@ -497,65 +527,97 @@ SCORE_COLUMNS = (
     "steps",
     "metrics time (s)",
 )
+"""The Evaluate table's columns (the ``/evaluate`` API's headers)."""
 
 
 def score_curves(
-    methods: Sequence[str], done: Mapping[str, MethodScore], which: str
+    explanation: Explanation, methods: Sequence[str], done: Mapping[str, MethodScore], which: str
 ) -> Figure | None:
-    """The insertion (``which="insertion"``) or deletion curves of the scored methods."""
+    """The insertion (``which="insertion"``) or deletion curves of the scored methods,
+    titled with the class they follow."""
     scored = [m for m in methods if m in done]
     if not scored:
         return None
     first = done[scored[0]]
-    title = f"{which.capitalize()} ({first.n_steps} steps): most salient pixels " + (
-        "put back first" if which == "insertion" else "removed first"
+    how = "put back first" if which == "insertion" else "removed first"
+    title = (
+        f"{which.capitalize()} for {explanation.target_label} ({first.n_steps} steps):\n"
+        f"most salient pixels {how}"
     )
     return viz.curves_figure(
         first.fractions,
         {method_label(m): getattr(done[m], which) for m in scored},
         {method_label(m): getattr(done[m], f"{which}_auc") for m in scored},
         title,
+        ylabel=f"probability of {explanation.categories[explanation.target]}",
     )
 
 
-def score_table(methods: Sequence[str], done: Mapping[str, MethodScore]) -> list[list[Any]]:
-    """One row per scored method, in the order of :data:`SCORE_COLUMNS`."""
-    return [
-        [
-            method_label(m),
-            round(done[m].insertion_auc, 4),
-            round(done[m].deletion_auc, 4),
-            round(done[m].insertion_minus_deletion, 4),
-            round(done[m].average_drop, 2),
-            round(done[m].increase, 1),
-            done[m].n_steps,
-            round(done[m].seconds, 2),
-        ]
-        for m in methods
-        if m in done
-    ]
+def score_table(
+    methods: Sequence[str], done: Mapping[str, MethodScore], stopped: Sequence[str] = ()
+) -> list[list[Any]]:
+    """One row per scored method, in the order of :data:`SCORE_COLUMNS`; a method a
+    stopped run did not score has a row that says so."""
+    rows = []
+    for m in methods:
+        if m in done:
+            rows.append(
+                [
+                    method_label(m),
+                    round(done[m].insertion_auc, 4),
+                    round(done[m].deletion_auc, 4),
+                    round(done[m].insertion_minus_deletion, 4),
+                    round(done[m].average_drop, 2),
+                    round(done[m].increase, 1),
+                    done[m].n_steps,
+                    round(done[m].seconds, 2),
+                ]
+            )
+        elif m in stopped:
+            rows.append([f"{method_label(m)} · {STOPPED}", *[None] * (len(SCORE_COLUMNS) - 1)])
+    return rows
+
+
+def evaluation(
+    explanation: Explanation,
+    methods: Sequence[str],
+    done: Mapping[str, MethodScore],
+    stopped: Sequence[str] = (),
+) -> tuple[Figure | None, Figure | None, list[list[Any]]]:
+    """What the Evaluate tab shows: (insertion plot, deletion plot, table)."""
+    return (
+        score_curves(explanation, methods, done, "insertion"),
+        score_curves(explanation, methods, done, "deletion"),
+        score_table(methods, done, stopped),
+    )
 
 
 # ------------------------------------------------------------------------ the Sanity tab
 
 
-def _sanity_groups(run: SanityRun) -> list[str]:
-    """The steps of a run: "original", each group randomized so far, "…" for the rest."""
+def _sanity_titles(run: SanityRun, stopped: bool = False) -> list[str]:
+    """The steps of a run: "original", each group randomized so far by its readable
+    name, then "…" for the steps to come ("stopped" once the run was stopped)."""
+    names = run.names or tuple(step.group for step in run.steps[1:])
     pending = run.groups + 1 - len(run.steps)
-    return ["original", *(step.group for step in run.steps[1:])] + ["…"] * pending
+    done = ["original", *names[: max(0, len(run.steps) - 1)]]
+    return done + [STOPPED if stopped else "…"] * pending
 
 
-def sanity_grid(explanation: Explanation, run: SanityRun) -> np.ndarray:
+def sanity_grid(explanation: Explanation, run: SanityRun, stopped: bool = False) -> np.ndarray:
     """The paper's Fig. 6 (:func:`tgrad.viz.sanity_grid`) over the photo: one row per
-    method, one column per step; a grey panel for a step still to come."""
+    method, one column per step (in bands of :data:`tgrad.viz.SANITY_COLUMNS`); a grey
+    panel for a step still to come, or "stopped"."""
     maps = {method_label(m): [step.maps[m] for step in run.steps] for m in run.methods}
-    return viz.sanity_grid(_sanity_groups(run), maps, SANITY_MAP_SIZE, explanation.pixels)
+    titles = _sanity_titles(run, stopped)
+    return viz.sanity_grid(titles, maps, SANITY_MAP_SIZE, explanation.pixels)
 
 
 def sanity_curves(run: SanityRun, measure: str) -> Figure:
     """Similarity to the original map against the randomized groups, one line per method
-    (:func:`tgrad.viz.sanity_curves` for one measure)."""
-    groups = _sanity_groups(run)
+    (:func:`tgrad.viz.sanity_curves` for one measure), titled with the measure's name
+    and ticked with the groups' readable names."""
+    groups = _sanity_titles(run)
     ticks = [groups[0], *(f"{i}: {g}" for i, g in enumerate(groups[1:], 1))]
     curves = {
         method_label(m): [step.similarity[m][measure] for step in run.steps] for m in run.methods
@@ -563,14 +625,25 @@ def sanity_curves(run: SanityRun, measure: str) -> Figure:
     return viz.sanity_curves(ticks, {measure: curves})
 
 
-def sanity_numbers(explanation: Explanation, run: SanityRun) -> dict[str, Any]:
-    """The ``/sanity`` API's JSON: each step's group and every similarity."""
+def sanity_numbers(
+    explanation: Explanation, run: SanityRun, stopped: bool = False
+) -> dict[str, Any]:
+    """The ``/sanity`` API's JSON: the run's status (``running``, ``done`` or
+    ``stopped``), then each step's group (module names and readable name) and every
+    similarity."""
+    names = ("original", *run.names)
     return {
         "model": explanation.model,
-        "target": {"index": explanation.target, "name": explanation.categories[explanation.target]},
+        "target": _target(explanation),
         "groups": run.groups,
+        "status": STOPPED if stopped else "done" if run.complete else "running",
         "steps": [
-            {"group": step.group, "seconds": round(step.seconds, 3), "similarity": step.similarity}
-            for step in run.steps
+            {
+                "group": step.group,
+                "name": names[index] if index < len(names) else step.group,
+                "seconds": round(step.seconds, 3),
+                "similarity": step.similarity,
+            }
+            for index, step in enumerate(run.steps)
         ],
     }

@@ -14,15 +14,11 @@ import gradio as gr
 
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import DEFAULT_MEASURE, Handlers
-from explorer.widgets import method_picker, run_and_stop, wire_stop
+from explorer.widgets import method_picker, run_and_stop, wire_run
+from tgrad import viz
 
 DEFAULT_METHODS = ["tgrad", "gradcam", "vanilla", "guided_backprop"]
-MEASURE_CHOICES = [
-    ("Spearman rank correlation of |map|", "spearman_abs"),
-    ("Spearman rank correlation", "spearman"),
-    ("SSIM (structural similarity)", "ssim"),
-    ("Spearman of HOG features (edges)", "hog_spearman"),
-]
+MEASURE_CHOICES = [(title, name) for name, title in viz.MEASURE_TITLES.items()]
 
 
 def build(handlers: Handlers, explain: ExplainTab) -> None:
@@ -47,7 +43,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                     label="Similarity measure",
                     elem_id="sanity-measure",
                 )
-                run, stop = run_and_stop("Run", "sanity")
+                controls = run_and_stop("Run", "sanity")
             with gr.Column(scale=3, min_width=400):
                 curves = gr.Plot(
                     label="Similarity to the original map", format="png", elem_id="sanity-curves"
@@ -64,8 +60,11 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         with gr.Accordion("Every similarity (as the /sanity API returns them)", open=False):
             numbers = gr.JSON(label="Similarities", elem_id="sanity-numbers")
 
-    running = run.click(
+    wire_run(
+        controls,
+        handlers.press_sanity,
         handlers.sanity,
+        handlers.stop_sanity,
         [explain.image, explain.model, explain.target, methods, measure],
         [grid, curves, numbers, run_key],
         api_name="sanity",
@@ -74,7 +73,6 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
         concurrency_limit=2,
         preprocess=False,
     )
-    wire_stop(stop, handlers.stop_sanity, running)
     measure.change(
         handlers.sanity_measure,
         [run_key, measure],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import threading
 import time
@@ -26,7 +27,11 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
+from explorer import allocator
+from explorer.jobs import EXPLAIN, SLOW, Chunks, Clock, StopFlag, WorkSlots, check_stop
+from explorer.kept import KeptResult
 from tgrad.decompose import Term
 from tgrad.images import load_image
 from tgrad.labels import find_class, top_k
@@ -39,7 +44,8 @@ from tgrad.models import (
     load_model,
     zoo,
 )
-from tgrad.tgrad import TGrad, TGradResult, upsample
+from tgrad.preprocessing import Preprocessing
+from tgrad.tgrad import TGrad, upsample
 from tgrad.viz import to_uint8_image, total_size
 
 TOP1 = "top-1 (predicted)"
@@ -71,6 +77,13 @@ MAX_TARGET_TEXT = 120
 """The longest class text accepted from a user (the longest ImageNet name has 86)."""
 
 
+def method_label(method: str) -> str:
+    """The name a method goes by on the page, e.g. ``"Integrated Gradients"``."""
+    from tgrad.methods import METHODS
+
+    return METHODS[method].description.partition(":")[0]  # "GradCAM: ..." -> "GradCAM"
+
+
 def display_scale() -> int:
     """``EXPLORER_DISPLAY_SCALE`` if it is one of :data:`DISPLAY_SCALES`, else
     :data:`DISPLAY_SCALE`."""
@@ -80,6 +93,17 @@ def display_scale() -> int:
 
 Progress = Callable[[float, str], None]
 """``progress(fraction done, what is happening)``."""
+
+
+def _quiet(fraction: float, what: str) -> None:
+    return None
+
+
+def reporter(progress: Progress | None) -> Progress:
+    """``progress``, or a report that goes nowhere. (Not ``progress or ...``: a
+    ``gr.Progress`` has a length, 0, so it is false, and its reports were lost.)"""
+    return _quiet if progress is None else progress
+
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -221,13 +245,19 @@ def parse_target(text: str | int | None, categories: Sequence[str]) -> int | Non
 
 @dataclass(frozen=True)
 class Explanation:
-    """One explained photo: what the model saw, the T-Grad result and the class names."""
+    """One explained photo: what the model saw, the T-Grad result and the class names.
+
+    It keeps only what the views need (:class:`~explorer.kept.KeptResult`: maps on
+    their own grids, the terms' numbers, the logits; the model's input; the large crop
+    of the photo): under 2 MB for EfficientNet-Lite0, and no reference to the model or
+    to the record of the pass (``tests/test_explorer_memory.py``).
+    """
 
     key: str
     model: str
-    pixels: np.ndarray
-    """The model's input in pixel space, uint8 [H,W,3] (the centre crop it saw)."""
-    result: TGradResult
+    preprocessing: Preprocessing = field(repr=False)
+    """The model's preprocessing (``pixels`` are the input ``x`` in pixel space)."""
+    result: KeptResult
     """T-Grad for a batch of one."""
     categories: Sequence[str] = field(repr=False)
     x: torch.Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
@@ -242,9 +272,19 @@ class Explanation:
     [H,W,3], to draw the Explain tab's large pictures over (None: use ``pixels``)."""
 
     @property
+    def pixels(self) -> np.ndarray:
+        """The model's input in pixel space, uint8 [H,W,3] (the centre crop it saw),
+        made from ``x`` when asked (a fraction of a millisecond; not kept)."""
+        return to_uint8_image(self.preprocessing.to_pixels(self.x[0]))
+
+    @property
     def backdrop(self) -> np.ndarray:
         """What the large pictures are drawn over: ``display``, else ``pixels``."""
         return self.pixels if self.display is None else self.display
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the entry holds (for accounting)."""
+        return [self.x, *self.result.tensors()]
 
     @cached_property
     def spatial_terms(self) -> tuple[Term, ...]:
@@ -406,14 +446,75 @@ class SanityRun:
     steps: list[SanityStep] = field(default_factory=list)
     groups: int = 0
     """How many groups the model has (the run is complete at ``groups + 1`` steps)."""
+    names: tuple[str, ...] = ()
+    """A readable name for each group, in randomization order (:func:`group_title`)."""
 
     @property
     def complete(self) -> bool:
         return len(self.steps) == self.groups + 1
 
 
-class Stopped(Exception):
-    """The user pressed Stop: the running method gave up at its next progress report."""
+def forwards(method: str) -> float:
+    """About how many forwards ``method`` runs of its own, to run the quick ones first: 0
+    for the single-pass methods (they share one pass), its step or sample count for
+    Integrated Gradients and SmoothGrad, one per channel of its layer for ScoreCAM
+    (hundreds: counted as infinite), 1 for any other (Guided Backprop's own pass)."""
+    from tgrad.methods import METHODS
+
+    info = METHODS[method]
+    if info.single_pass:
+        return 0.0
+    if method == "scorecam":
+        return math.inf
+    options = info.options
+    return float(options.get("steps", options.get("samples", 1)))
+
+
+class _Observed(nn.Module):
+    """``model``, with ``before(images)`` called before each of its forwards: how the
+    metrics' chunks are seen (Stop, progress, the slot given up) without changing the
+    metrics. In eval mode; ``model`` itself is not touched."""
+
+    def __init__(self, model: nn.Module, before: Callable[[int], None]) -> None:
+        super().__init__()
+        self.model = model
+        self.before = before
+        self.training = False  # this wrapper only: the shared model stays as it is
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.before(x.shape[0])
+        return self.model(x)
+
+
+def scored_images(n_steps: int, pixels: int) -> int:
+    """The forwards of one map's metrics, in images: insertion and deletion (both ends,
+    then one image per curve per step that changes some but not all pixels) and Average
+    Drop (the photo and the masked photo)."""
+    per_step = math.ceil(pixels / n_steps)
+    interior = sum(1 for k in range(1, n_steps + 1) if k * per_step < pixels)
+    return 2 + 2 * interior + 2
+
+
+class Scoring:
+    """Called before each forward of one map's metrics with its image count: the chunk
+    (:class:`Chunks`: Stop, the slot to a waiting explanation), then the progress
+    report ``scoring <method>: step k of n, about t s left`` (the second half of the
+    bar; ``clock`` counts images over all the maps of the run)."""
+
+    def __init__(
+        self, chunks: Chunks, clock: Clock, report: Progress, method: str, n_steps: int
+    ) -> None:
+        self.chunks, self.clock, self.report = chunks, clock, report
+        self.label, self.n_steps = method_label(method), n_steps
+        self.first = clock.done
+
+    def __call__(self, images: int) -> None:
+        self.chunks()
+        # the first two images are the ends of the curves, then two per step
+        step = min(self.n_steps, max(0, self.clock.done - self.first - 2) // 2)
+        what = f"scoring {self.label}: step {step} of {self.n_steps}{self.clock.eta_text()}"
+        self.report(0.5 + 0.5 * self.clock.fraction, what)
+        self.clock.done += images
 
 
 class Session:
@@ -439,15 +540,15 @@ class Session:
         """How many explanations were computed (cache misses), for tests and logs."""
         self._count_lock = threading.Lock()
         self.maps: LRU[str, MethodMap] = LRU(max_maps)
+        """Maps of the Compare tab's methods, keyed by explanation key and method."""
         self.scores: LRU[str, MethodScore] = LRU(max_maps)
+        """Insertion/deletion and Average Drop/Increase of those maps, by step count."""
         self.sanity_runs: LRU[str, SanityRun] = LRU(MAX_SANITY_RUNS)
         """Finished cascades (a stopped one is not kept)."""
-        """Insertion/deletion and Average Drop/Increase of those maps, by step count."""
-        """Maps of the Compare tab's methods, keyed by explanation key and method."""
-        self._work = threading.BoundedSemaphore(max_concurrent)
-        """Held while a photo is decoded and explained: the one process-wide limit on
-        heavy work (each costs up to a few hundred MB and a core), whichever event
-        (the Explain button, a model change, a slider on an evicted key) asked for it."""
+        self.work = WorkSlots(max_concurrent)
+        """The one process-wide limit on heavy work (each costs up to a few hundred MB and
+        a core), whichever event asks: explanations first (:data:`EXPLAIN`), then the
+        rest, which gives its slot to a waiting explanation between chunks."""
 
     def lookup(self, key: str | None) -> Explanation | None:
         """The cached explanation for ``key`` (None for an empty, unknown or evicted key)."""
@@ -463,15 +564,16 @@ class Session:
         progress: Progress | None = None,
     ) -> Explanation:
         """Explain the photo whose file bytes are ``data`` (cached by content, model and
-        target). At most ``max_concurrent`` explanations are computed at once in the
-        process; further callers wait their turn (a cache hit never waits).
+        target). At most ``max_concurrent`` computations run at once in the process;
+        an explanation waits only for those running (it goes before any other waiting
+        work), and a cache hit never waits.
 
         Raises:
             ImageLoadError: the bytes are not a usable image (message for the user).
             ValueError: unknown model or class.
             WeightsUnavailableError: the model's weights are not available.
         """
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         report(0.05, f"loading model {model}")
         entry = self.models.get(model, download_report(report, model))
         categories = entry.loaded.categories
@@ -481,23 +583,27 @@ class Session:
         if cached is not None:
             return cached
         report(0.1, "waiting for a free slot")
-        with self._work:
+        preprocessing = entry.loaded.preprocessing
+        with self.work.hold(EXPLAIN):
             cached = self.explanations.get(key)  # computed while this call waited
             if cached is not None:
                 return cached
             report(0.2, "decoding the photo")
             photo = load_image(io.BytesIO(data))
-            x = entry.loaded.preprocessing(photo)[None]
+            x = preprocessing(photo)[None]
             report(0.35, "explaining (forward + backward)")
             start = time.perf_counter()
             result = entry.explainer(x, target_index)
             seconds = time.perf_counter() - start
-            pixels = to_uint8_image(entry.loaded.preprocessing.to_pixels(x[0]))
-            display = np.asarray(entry.loaded.preprocessing.crop_image(photo, self.display))
+            kept = KeptResult.of(result)
+            labels = tuple(layer_labels(entry.loaded.module, result.terms))
+            del result  # its record holds every call's tensors and the model's modules
+            display = None
+            if self.display != 1:
+                display = np.asarray(preprocessing.crop_image(photo, self.display))
             del photo
-        labels = tuple(layer_labels(entry.loaded.module, result.terms))
         explanation = Explanation(
-            key, model, pixels, result, categories, x, seconds, labels, display
+            key, model, preprocessing, kept, categories, x, seconds, labels, display
         )
         self.explanations.put(key, explanation)
         with self._count_lock:
@@ -510,20 +616,21 @@ class Session:
         explanation: Explanation,
         methods: Sequence[str],
         progress: Progress | None = None,
-        stop: threading.Event | None = None,
+        stop: StopFlag | None = None,
     ) -> Iterator[dict[str, MethodMap]]:
         """The maps of ``methods`` for an explained photo, as they become ready.
 
         Yields the growing dict of finished maps: first everything cached (T-Grad is the
         explanation's own saliency: switching tabs recomputes nothing), then the
-        single-pass methods from one shared capture pass, then each slow method alone.
-        Every computation takes one of the process-wide slots; ``stop`` set by another
-        thread makes the running method give up at its next progress report
-        (:class:`Stopped`).
+        single-pass methods from one shared capture pass, then each other method alone,
+        the quick ones first (:func:`forwards`). Every computation takes one of the
+        process-wide slots, and gives it to a waiting explanation between its chunks;
+        ``stop`` set by another thread makes the running method give up at its next
+        chunk (:class:`Stopped`).
         """
         from tgrad.methods import METHODS  # the Compare tab's engine, imported on use
 
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         done: dict[str, MethodMap] = {}
         for method in methods:
             cached = _tgrad_map(explanation) if method == "tgrad" else None
@@ -533,21 +640,24 @@ class Session:
         yield dict(done)
         missing = [m for m in methods if m not in done]
         single = [m for m in missing if METHODS[m].single_pass]
-        slow = [m for m in missing if not METHODS[m].single_pass]
+        slow = sorted((m for m in missing if not METHODS[m].single_pass), key=forwards)
         groups = ([single] if single else []) + [[m] for m in slow]
-        for number, group in enumerate(groups):
-            names = ", ".join(group)
+        try:
+            for number, group in enumerate(groups):
+                names = ", ".join(group)
 
-            def step(fraction: float, number: int = number, names: str = names) -> None:
-                if stop is not None and stop.is_set():
-                    raise Stopped
-                report((number + fraction) / len(groups), f"computing {names}")
+                def step(fraction: float, number: int = number, names: str = names) -> None:
+                    check_stop(stop)
+                    report((number + fraction) / len(groups), f"computing {names}")
 
-            step(0.0)
-            for found in self._compute_maps(explanation, group, step):
-                self.maps.put(_map_key(explanation, found.method), found)
-                done[found.method] = found
-            yield dict(done)
+                step(0.0)
+                for found in self._compute_maps(explanation, group, step):
+                    self.maps.put(_map_key(explanation, found.method), found)
+                    done[found.method] = found
+                yield dict(done)
+        finally:
+            if groups:
+                allocator.trim()
         report(1.0, "done")
 
     def method_scores(
@@ -556,54 +666,67 @@ class Session:
         methods: Sequence[str],
         n_steps: int,
         progress: Progress | None = None,
+        stop: StopFlag | None = None,
     ) -> Iterator[dict[str, MethodScore]]:
         """The metrics of ``methods``' maps on an explained photo, as they become ready.
 
         The maps come from :meth:`method_maps` (cached ones are reused); then each map is
         scored in one of the process-wide slots: insertion and deletion at ``n_steps``
         steps with the blur substrate, Average Drop and Increase, all for the explained
-        class. Yields the growing dict of finished scores.
+        class. Progress says the method, the step and the time left; between two chunks
+        of perturbed images the slot goes to a waiting explanation, and ``stop`` ends
+        the run (:class:`Stopped`). Yields the growing dict of finished scores.
         """
         from tgrad.metrics import average_drop_increase, insertion_deletion
 
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
 
         def maps_progress(fraction: float, what: str) -> None:
             report(0.5 * fraction, what)
 
-        maps = deque(self.method_maps(explanation, methods, maps_progress), maxlen=1)[0]
+        maps = deque(self.method_maps(explanation, methods, maps_progress, stop), maxlen=1)[0]
         done: dict[str, MethodScore] = {}
         for method in methods:
             cached = self.scores.get(_score_key(explanation, method, n_steps))
             if cached is not None:
                 done[method] = cached
         yield dict(done)
-        model = self.models.get(explanation.model).loaded.module
         missing = [m for m in methods if m not in done]
-        for number, method in enumerate(missing):
-            report(0.5 + 0.5 * number / len(missing), f"scoring {method} ({n_steps} steps)")
-            saliency = maps[method].map[None].to(explanation.x.device)
-            target = torch.tensor([explanation.target])
-            with self._work:
-                start = time.perf_counter()
-                curves = insertion_deletion(model, explanation.x, saliency, target, n_steps)
-                drop = average_drop_increase(model, explanation.x, saliency, target)
-                seconds = time.perf_counter() - start
-            score = MethodScore(
-                method,
-                n_steps,
-                curves.fractions.cpu(),
-                curves.insertion[0].cpu(),
-                curves.deletion[0].cpu(),
-                float(curves.insertion_auc[0]),
-                float(curves.deletion_auc[0]),
-                float(drop.average_drop),
-                float(drop.increase),
-                seconds,
-            )
-            self.scores.put(_score_key(explanation, method, n_steps), score)
-            done[method] = score
-            yield dict(done)
+        if not missing:
+            report(1.0, "done")
+            return
+        module = self.models.get(explanation.model).loaded.module
+        pixels = explanation.x.shape[-2] * explanation.x.shape[-1]
+        per_map = scored_images(n_steps, pixels)
+        clock = Clock(per_map * len(missing))
+        target = torch.tensor([explanation.target])
+        try:
+            for method in missing:
+                saliency = maps[method].map[None].to(explanation.x.device)
+                with self.work.hold(SLOW) as slot:
+                    start = time.perf_counter()
+                    chunks = Chunks(slot, stop)
+                    model = _Observed(module, Scoring(chunks, clock, report, method, n_steps))
+                    curves = insertion_deletion(model, explanation.x, saliency, target, n_steps)
+                    drop = average_drop_increase(model, explanation.x, saliency, target)
+                    seconds = time.perf_counter() - start - chunks.paused
+                score = MethodScore(
+                    method,
+                    n_steps,
+                    curves.fractions.cpu(),
+                    curves.insertion[0].cpu(),
+                    curves.deletion[0].cpu(),
+                    float(curves.insertion_auc[0]),
+                    float(curves.deletion_auc[0]),
+                    float(drop.average_drop),
+                    float(drop.increase),
+                    seconds,
+                )
+                self.scores.put(_score_key(explanation, method, n_steps), score)
+                done[method] = score
+                yield dict(done)
+        finally:
+            allocator.trim()
         report(1.0, "done")
 
     def sanity(
@@ -611,15 +734,16 @@ class Session:
         explanation: Explanation,
         methods: Sequence[str],
         progress: Progress | None = None,
-        stop: threading.Event | None = None,
+        stop: StopFlag | None = None,
     ) -> Iterator[SanityRun]:
         """Cascading randomization of the explanation's model (SPEC 5), step by step.
 
         Yields the run after each step. The cascade works on its own copy of the model
         (the shared one is never touched) and takes a process-wide slot for one step at a
-        time, so other users' explanations interleave with a long cascade. ``stop`` set
-        by another thread ends it before the next step (:class:`Stopped`). A finished run
-        is cached.
+        time, so other users' explanations interleave with a long cascade; inside a
+        step the slow methods' chunks hand the slot to a waiting explanation too.
+        ``stop`` set by another thread ends it at the next chunk or step
+        (:class:`Stopped`). A finished run is cached.
         """
         from tgrad.sanity import cascade, randomization_groups
 
@@ -628,10 +752,20 @@ class Session:
         if cached is not None:
             yield cached
             return
-        report = progress or (lambda fraction, what: None)
+        report = reporter(progress)
         model = self.models.get(explanation.model).loaded.module
-        run = SanityRun(tuple(methods), groups=len(randomization_groups(model)))
+        groups = randomization_groups(model)
+        names = tuple(group_title(explanation.labels, g.name, g.modules) for g in groups)
+        run = SanityRun(tuple(methods), groups=len(groups), names=names)
         target = torch.tensor([explanation.target])
+        between: list[Chunks] = []  # the running step's
+
+        def chunk(method: str, done: int, total: int) -> None:
+            between[-1]()
+            number = len(run.steps)
+            fraction = (number + done / max(total, 1)) / (run.groups + 1)
+            report(fraction, f"randomizing: step {number} of {run.groups}, {method}")
+
         steps = cascade(
             model,
             explanation.x,
@@ -639,24 +773,29 @@ class Session:
             tuple(methods),
             seed=SANITY_SEED,
             options=self._method_options(explanation, methods),
+            progress=chunk,
         )
-        for number in range(run.groups + 1):
-            if stop is not None and stop.is_set():
-                raise Stopped
-            group = "the original model" if number == 0 else f"group {number} of {run.groups}"
-            report(number / (run.groups + 1), f"randomizing: {group}")
-            with self._work:
-                step = next(steps)
-            run.steps.append(_sanity_step(step))
-            yield run
+        try:
+            for number in range(run.groups + 1):
+                check_stop(stop)
+                group = "the original model" if number == 0 else f"group {number} of {run.groups}"
+                report(number / (run.groups + 1), f"randomizing: {group}")
+                with self.work.hold(SLOW) as slot:
+                    between[:] = [Chunks(slot, stop)]
+                    step = next(steps)
+                run.steps.append(_sanity_step(step))
+                yield run
+        finally:
+            steps.close()
+            allocator.trim()
         self.sanity_runs.put(key, run)
         report(1.0, "done")
 
-    def _method_options(self, explanation: Explanation, methods: Sequence[str]) -> dict:
+    @staticmethod
+    def _method_options(explanation: Explanation, methods: Sequence[str]) -> dict:
         """The explorer's options for the slow methods: a black baseline for Integrated
         Gradients and chunks of :data:`STOP_CHUNK` images (Stop answers within one)."""
-        preprocessing = self.models.get(explanation.model).loaded.preprocessing
-        black = preprocessing.normalize(torch.zeros_like(explanation.x[0]))
+        black = explanation.preprocessing.normalize(torch.zeros_like(explanation.x[0]))
         options = {
             "integrated_gradients": {"baseline": black, "batch_size": STOP_CHUNK},
             "smoothgrad": {"batch_size": STOP_CHUNK},
@@ -667,11 +806,18 @@ class Session:
     def _compute_maps(
         self, explanation: Explanation, methods: Sequence[str], step: Callable[[float], None]
     ) -> list[MethodMap]:
-        """Run ``methods`` together on the explanation's input, in one slot."""
+        """Run ``methods`` together on the explanation's input, in one slot; ``step`` is
+        called with the fraction done between chunks (it raises :class:`Stopped`)."""
         from tgrad.methods import explain as explain_methods
 
         entry = self.models.get(explanation.model)
-        with self._work:
+        with self.work.hold(SLOW) as slot:
+            chunks = Chunks(slot, None)
+
+            def progress(method: str, done: int, total: int) -> None:
+                chunks()  # an explanation waiting goes first
+                step(done / max(total, 1))  # then Stop, and the report
+
             start = time.perf_counter()
             maps = explain_methods(
                 entry.loaded.module,
@@ -679,14 +825,37 @@ class Session:
                 target=explanation.target,
                 methods=tuple(methods),
                 options=self._method_options(explanation, methods),
-                progress=lambda method, done, total: step(done / max(total, 1)),
+                progress=progress,
             )
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start - chunks.paused
         layers = getattr(maps, "layers", {})
         return [
             MethodMap(name, maps[name][0].detach().cpu(), seconds, len(methods), layers.get(name))
             for name in methods
         ]
+
+
+def group_title(labels: Sequence[LayerLabel], name: str, modules: Sequence[str]) -> str:
+    """A readable name for a randomization group (SPEC 5), from the readable names of the
+    terms its modules add: what those titles share (``"Block 16"``), or a lone term's
+    title without its grid size (``"Head · 1x1 conv"``); ``name`` when no term is
+    added by the group."""
+
+    def inside(path: str) -> bool:
+        return any(path == m or path.startswith(m + ".") for m in modules)
+
+    titles = [label.title.split(" · ") for label in labels if inside(label.path)]
+    if not titles:
+        return name
+    if len(titles) == 1:
+        parts = titles[0]
+        return " · ".join(parts[:-1] if len(parts) > 1 and " x " in parts[-1] else parts)
+    shared = []
+    for words in zip(*titles, strict=False):
+        if len(set(words)) > 1:
+            break
+        shared.append(words[0])
+    return " · ".join(shared) or name
 
 
 def sanity_key(explanation: Explanation, methods: Sequence[str]) -> str:

@@ -2,7 +2,8 @@
 
 A link carries the view in its query string, e.g.
 ``?photo=coffee&model=efficientnet_lite0&class=967&layer=20&mode=cumulative&cmap=jet``
-(the photo only when it is one of the bundled ones: an upload has no name to give).
+(the photo by name when it is one of the bundled ones; an upload has no name to give, and
+its link says ``photo=upload``: whoever opens it is asked to upload the photo again).
 :func:`parse_query` reads such a link back, trusting nothing: every value is checked
 against what the page offers, and what does not pass is named and ignored.
 
@@ -32,6 +33,18 @@ QUERY_MODES = render.QUERY_MODES
 MAX_QUERY_VALUE = 64
 """Longer values in a link are refused without being looked at."""
 _INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: int() also reads "²" and "٣"
+UPLOADED = "upload"
+"""The ``photo`` of a link made from an uploaded photo (no bundled photo has this name)."""
+UPLOAD_AGAIN = (
+    "This view was made from an uploaded photo, which a link cannot carry: upload the "
+    "photo again to see it (the link's model, class, view and colour map are set)."
+)
+"""What the page says when a link made from an uploaded photo is opened."""
+LINK_WITHOUT_PHOTO = (
+    "This photo was uploaded: the link cannot carry it, so whoever opens the link will "
+    "be asked to upload it again."
+)
+"""What the page says beside the link of a view of an uploaded photo."""
 
 
 @dataclass(frozen=True)
@@ -47,15 +60,16 @@ class View:
     mode: str | None = None
     """One of :data:`explorer.render.MODES`."""
     cmap: str | None = None
+    uploaded: bool = False
+    """The link was made from an uploaded photo (``photo=upload``)."""
 
 
 def view_query(
     explanation: Explanation, photo: str | None, position: int, mode: str, cmap: str
 ) -> str:
-    """The query string of a link to this view (``"?photo=coffee&model=..."``)."""
-    fields: dict[str, Any] = {}
-    if photo is not None:
-        fields["photo"] = photo
+    """The query string of a link to this view (``"?photo=coffee&model=..."``;
+    ``photo`` is None for an uploaded photo: ``photo=upload``)."""
+    fields: dict[str, Any] = {"photo": UPLOADED if photo is None else photo}
     fields["model"] = explanation.model
     fields["class"] = explanation.target
     fields["layer"] = position
@@ -81,7 +95,7 @@ def parse_query(
     values: dict[str, Any] = {}
     ignored: list[str] = []
     choices: dict[str, Sequence[str]] = {
-        "photo": photos,
+        "photo": [*photos, UPLOADED],
         "model": models,
         "mode": list(QUERY_MODES),
         "cmap": list(viz.CMAPS),
@@ -102,7 +116,8 @@ def parse_query(
         else:
             ignored.append(name)
     view = View(
-        photo=values.get("photo"),
+        photo=None if values.get("photo") == UPLOADED else values.get("photo"),
+        uploaded=values.get("photo") == UPLOADED,
         model=values.get("model"),
         target=str(values["class"]) if "class" in values else None,
         layer=values.get("layer"),
@@ -121,11 +136,12 @@ def _png(pixels: Any) -> bytes:
 def figures_zip(
     explanation: Explanation, position: int, mode: str, alpha: float, cmap: str
 ) -> bytes:
-    """The view's figures in one zip: ``overlay.png`` (T-Grad over the photo),
-    ``layer.png`` (the slider's view), ``layers.png`` (every layer's map: the paper's
-    Fig. 2), ``chart.png`` (the terms of the logit), ``colorbar.png`` and
-    ``numbers.json`` (the ``/explain`` numbers, with each term's readable name, and the
-    view)."""
+    """The view's figures in one zip, as the page shows them: ``overlay.png`` (T-Grad
+    over the photo), ``layer.png`` (the slider's view), ``layers.png`` (every layer's
+    map, the paper's Fig. 2, titled with the layers' readable names, with the colour
+    bar), ``chart.png`` (the terms of the logit by their readable names, the current
+    position highlighted, with a legend), ``colorbar.png`` and ``numbers.json`` (the
+    ``/explain`` numbers, with each term's readable name, and the view)."""
     term_index = explanation.term_indices[position]
     numbers = render.decomposition(explanation)
     for index, row in enumerate(numbers["terms"]):
@@ -138,18 +154,17 @@ def figures_zip(
         "colour_map": cmap,
         "colour_scale": render.colour_scale(cmap).replace("**", ""),
     }
-    grid = viz.panel_grid(
-        render.layer_gallery(explanation, cmap), columns=8, title_height=16, gap=4
-    )
     chart = viz.decomposition_chart(
-        explanation.result, highlight=explanation.result.terms[term_index].name
+        explanation.result,
+        highlight=explanation.result.terms[term_index].name,
+        names=[explanation.title(i) for i in range(len(explanation.result.terms))],
     )
     chart_png = io.BytesIO()
     chart.savefig(chart_png, format="png", dpi=150)
     files = {
         "overlay.png": _png(render.saliency_overlay(explanation, alpha, cmap)),
         "layer.png": _png(render.layer_overlay(explanation, position, mode, alpha, cmap)),
-        "layers.png": _png(grid),
+        "layers.png": _png(render.layer_figure(explanation, cmap)),
         "chart.png": chart_png.getvalue(),
         "colorbar.png": _png(viz.colorbar_pixels(cmap)),
         "numbers.json": json.dumps(numbers, indent=2).encode(),

@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from explorer import compare_tab, evaluate_tab, explain_tab, render, sanity_tab
+from explorer.guard import GuardedBlocks
 from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
 from explorer.session import SESSION, Session, offered_models
 from tgrad.models import DEFAULT_MODEL
@@ -27,7 +28,26 @@ photo, within the same process-wide limit as any other explanation."""
 QUEUE_OPTIONS: dict[str, Any] = {"max_size": 32, "default_concurrency_limit": 2}
 """``demo.queue(**QUEUE_OPTIONS)``: at most 32 waiting jobs; 2 explanations at a time."""
 
+PAGE_CSS = """
+/* The layer grid (the paper's Fig. 2): its columns shrink to fit any width (Gradio's
+   100 px minimum cut the tenth column, the head, at a 1024 px projector width), and
+   its height follows its rows (Lite1 and Lite2 have seven). */
+#layer-grid .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr));
+  grid-template-rows: none;
+  grid-auto-rows: auto;
+}
+#layer-grid .grid-wrap { height: auto !important; max-height: none !important; }
+#layer-grid .caption-label { font-size: var(--text-xs); padding: 1px 4px; max-width: 100%; }
+/* The Evaluate table: headers wrap, so that every column fits the tab. */
+#scores th, #scores th * {
+  white-space: normal !important; overflow-wrap: break-word; font-size: var(--text-sm);
+}
+"""
+"""The page's own styles (``launch(css=...)``)."""
+
 LAUNCH_OPTIONS: dict[str, Any] = {
+    "css": PAGE_CSS,
     "max_file_size": MAX_FILE_SIZE,
     "allowed_paths": [str(path) for path in BUNDLED_PHOTOS],  # the photos, nothing else
     "state_session_capacity": SESSION_CAPACITY,
@@ -36,13 +56,17 @@ LAUNCH_OPTIONS: dict[str, Any] = {
 
 
 def build_demo(session: Session | None = None) -> gr.Blocks:
-    """The T-Grad Explorer page, its callbacks bound to ``session`` (default: the app's)."""
+    """The T-Grad Explorer page, its callbacks bound to ``session`` (default: the app's).
+    Every request's inputs are checked before Gradio processes them
+    (:class:`~explorer.guard.GuardedBlocks`)."""
     offered = offered_models()
     choices = [render.model_choice(info) for info in offered] or [(DEFAULT_MODEL, DEFAULT_MODEL)]
     handlers = Handlers(session or SESSION, [name for _, name in choices])
     downloads = any(not info.available for info in offered)
 
-    with gr.Blocks(title="T-Grad Explorer", delete_cache=(3600, 3600)) as demo:
+    with GuardedBlocks(
+        title="T-Grad Explorer", delete_cache=(3600, 3600), gate=handlers.gate
+    ) as demo:
         key = gr.State("")
         gr.Markdown(
             "# T-Grad Explorer\n"
@@ -53,6 +77,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
         )
         with gr.Tabs(elem_id="tabs"):
             explain = explain_tab.build(handlers, choices, key, demo, downloads)
+            demo.optional.add(explain.cmap._id)  # added to /compare later: may be left out
             compare_tab.build(handlers, explain)
             evaluate_tab.build(handlers, explain)
             sanity_tab.build(handlers, explain)

@@ -91,11 +91,14 @@ class PhotoGate:
             raise PhotoRejected(UNUSABLE)
         return photo
 
-    def read(self, photo: object) -> bytes | None:
-        """The bytes of an accepted photo (None when there is no photo).
+    def check(self, photo: object) -> str | None:
+        """The resolved path of an accepted photo, from its name alone (None when there is
+        no photo): a regular file inside the accepted places. Reads nothing; what
+        :meth:`read` opens is checked again through its descriptor.
 
         Raises:
-            PhotoRejected: the payload is not an accepted regular file, or too large.
+            PhotoRejected: the payload names anything else (a folder, a device, a URL,
+                a file elsewhere, nothing that exists).
         """
         path = self.path_of(photo)
         if path is None:
@@ -103,6 +106,23 @@ class PhotoGate:
         resolved = os.path.realpath(path)
         if not self.allowed(resolved):
             raise PhotoRejected(UNUSABLE)
+        try:
+            regular = stat.S_ISREG(os.stat(resolved).st_mode)
+        except (OSError, ValueError) as error:
+            raise PhotoRejected(UNUSABLE) from error
+        if not regular:
+            raise PhotoRejected(UNUSABLE)
+        return resolved
+
+    def read(self, photo: object) -> bytes | None:
+        """The bytes of an accepted photo (None when there is no photo).
+
+        Raises:
+            PhotoRejected: the payload is not an accepted regular file, or too large.
+        """
+        resolved = self.check(photo)
+        if resolved is None:
+            return None
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             fd = os.open(resolved, flags)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -76,15 +77,60 @@ def method_picker(value: Sequence[str], elem_id: str) -> gr.CheckboxGroup:
     )
 
 
-def run_and_stop(label: str, prefix: str) -> tuple[gr.Button, gr.Button]:
-    """A primary button (``#<prefix>-btn``) and a Stop button (``#<prefix>-stop``)."""
+@dataclass(frozen=True)
+class RunControls:
+    """A run button, its Stop button, and the ``gr.State`` that carries a run's id from
+    the press to the work (made inside the tab: a State beside the tabs becomes a tab)."""
+
+    run: gr.Button
+    stop: gr.Button
+    run_id: gr.State
+    progress: gr.Markdown
+    """Where the run's progress bar is drawn (what it does, the step, the time left)."""
+
+
+def run_and_stop(label: str, prefix: str) -> RunControls:
+    """A primary button (``#<prefix>-btn``), a Stop button (``#<prefix>-stop``) and the
+    place of the run's progress bar under them (``#<prefix>-progress``)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=f"{prefix}-btn")
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
-    return run, stop
+    progress = gr.Markdown("", elem_id=f"{prefix}-progress")
+    return RunControls(run, stop, gr.State(""), progress)
 
 
-def wire_stop(stop: gr.Button, handler: Callable, running: gr.events.Dependency) -> None:
-    """Stop: raise the page's flag (the running method gives up at its next progress
-    report) and cancel the event (a generator between two yields ends there)."""
-    stop.click(handler, None, None, cancels=[running], queue=False, api_visibility="private")
+def wire_run(
+    controls: RunControls,
+    press: Callable,
+    work: Callable,
+    stop: Callable,
+    inputs: Sequence[gr.components.Component],
+    outputs: Sequence[gr.components.Component],
+    **options: Any,
+) -> gr.events.Dependency:
+    """Wire a run button and its Stop button (:func:`run_and_stop`).
+
+    The run button first calls ``press`` (at once: nothing else is in its queue): it makes
+    the run's Stop token, stopping and replacing a run of the same page still going (and
+    saying so),
+    and puts its id in the State; then ``work`` runs in the queue with ``inputs`` and
+    that id as its last input (``options``: its ``api_name``, concurrency, ...; a second
+    press waits for the first run, which stops, and then runs). Its progress bar is drawn
+    under the buttons: over outputs that already show part of the result, Gradio draws
+    only a border. The Stop button calls
+    ``stop``, which stops the page's runs: each gives up at its next chunk and shows
+    what it did, the rest marked stopped. No Gradio ``cancels``: a cancelled event
+    shows its outputs as an error."""
+    quick: dict[str, Any] = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    # queued (its own concurrency group, instant): a message it sends reaches the page
+    pressed = controls.run.click(press, None, controls.run_id, **{**quick, "queue": True})
+    working = pressed.success(
+        work,
+        [*inputs, controls.run_id],
+        list(outputs),
+        trigger_mode="always_last",
+        show_progress_on=[controls.progress],  # the outputs stream: a bar over them hid
+        **options,
+    )
+    controls.stop.click(stop, None, None, **quick)
+    return working

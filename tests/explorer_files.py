@@ -62,3 +62,15 @@ class Request:
     def __init__(self, session_hash: str = "", query_params: dict | None = None) -> None:
         self.session_hash = session_hash
         self.query_params = query_params or {}
+
+
+class FakeLoaded:
+    """What ``tgrad.models.load_model`` gives, for a test's own ImageNet-sized module."""
+
+    def __init__(self, module: object, name: str) -> None:
+        from tgrad.models import LITE0_PREPROCESSING, imagenet_categories
+
+        self.name = name
+        self.module = module.eval()
+        self.preprocessing = LITE0_PREPROCESSING
+        self.categories = imagenet_categories()

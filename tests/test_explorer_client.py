@@ -10,6 +10,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tests.explorer_files import PHOTOS, text_as_jpg
+from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
 
 
@@ -48,8 +49,12 @@ def test_the_api_endpoints(client):
     assert names == ["image", "model", "target", "methods", "steps"]
     names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert names == ["image", "model", "target", "opacity"]
-    names = [p["parameter_name"] for p in endpoints["/compare"]["parameters"]]
-    assert names == ["image", "model", "target", "methods"]
+    parameters = endpoints["/compare"]["parameters"]
+    names = [p["parameter_name"] for p in parameters]
+    assert names == ["image", "model", "target", "methods", "cmap"]  # the colour map: optional
+    assert parameters[-1]["parameter_has_default"] and parameters[-1]["parameter_default"] == (
+        "viridis"
+    )
 
 
 def test_compare_through_the_api(client, server):
@@ -61,7 +66,8 @@ def test_compare_through_the_api(client, server):
         api_name="/compare",
     )
     picture = pixels(grid)
-    assert picture.shape == (224 + 22, 4 * 230 - 6, 3)  # the photo and three maps in a row
+    bar = viz.colorbar_pixels(viz.DEFAULT_CMAP)  # the grid carries its colour bar
+    assert picture.shape == (224 + 22 + 6 + bar.shape[0], 4 * 230 - 6, 3)  # photo + 3 maps
     assert list(timings["methods"]) == ["tgrad", "gradcam", "vanilla"]
     assert all(row["status"] == "done" and row["ms"] > 0 for row in timings["methods"].values())
     assert timings["methods"]["gradcam"]["shared_pass_of"] == 2  # with vanilla
@@ -200,5 +206,6 @@ def test_sanity_through_the_api(client):
     assert len(steps) == numbers["groups"] + 1 and steps[0]["group"] == "original"
     assert steps[0]["similarity"]["vanilla"]["spearman"] == 1.0
     assert all(-1 <= s["similarity"]["vanilla"]["spearman"] <= 1 for s in steps)
-    assert pixels(grid).shape[1] == len(steps) * (112 + 3) - 3
+    columns = min(len(steps), viz.SANITY_COLUMNS)  # more steps wrap into another band
+    assert pixels(grid).shape[1] == columns * (112 + 3) - 3
     assert curves["plot"].startswith("data:image/png")

@@ -46,7 +46,7 @@ def handlers() -> Handlers:
 
 def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counted):
     computed = handlers.session.computed
-    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, SINGLE, Request("a")))
+    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, SINGLE, request=Request("a")))
     explanation = next(iter(handlers.session.explanations._items.values()))
     assert handlers.session.computed == computed + 1  # one T-Grad explanation
     # first what is cached (T-Grad, from the explanation), then the shared pass, once
@@ -74,7 +74,10 @@ def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counte
     grid = steps[-1][0]
     panels = 1 + len(SINGLE)
     rows = -(-panels // render.COMPARE_COLUMNS)
-    assert grid.shape == (rows * (224 + 22 + 6) - 6, render.COMPARE_COLUMNS * 230 - 6, 3)
+    height = rows * (224 + 22 + 6) - 6  # then the colour bar, 6 px under the panels
+    bar = viz.colorbar_pixels(viz.DEFAULT_CMAP)
+    assert grid.shape == (height + 6 + bar.shape[0], render.COMPARE_COLUMNS * 230 - 6, 3)
+    np.testing.assert_array_equal(grid[height + 6 :, : bar.shape[1]], bar)
     gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
     expected = viz.blend(
         explanation.pixels,
@@ -88,25 +91,35 @@ def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counte
 
 
 def test_comparing_again_recomputes_nothing(handlers, counted):
-    list(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam", "vanilla"], Request("b")))
+    list(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam", "vanilla"], request=Request("b")))
     counted.clear()
     computed = handlers.session.computed
-    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["vanilla", "gradcam"], Request("b")))
+    steps = list(
+        handlers.compare(PHOTO, DEFAULT_MODEL, None, ["vanilla", "gradcam"], request=Request("b"))
+    )
     assert counted == [] and handlers.session.computed == computed
     assert len(steps) == 1 and list(steps[0][1]["methods"]) == ["vanilla", "gradcam"]
 
 
-def test_slow_methods_stream_one_by_one(handlers, counted):
-    methods = ["smoothgrad", "gradcam", "integrated_gradients"]
+def test_slow_methods_stream_one_by_one_the_quick_ones_first(handlers, counted):
+    """Chosen slow ones first, they still come after Guided Backprop (one pass of its
+    own, 0.3 s); IG and SmoothGrad (50 forwards each) keep the order they were chosen in."""
+    methods = ["smoothgrad", "gradcam", "integrated_gradients", "guided_backprop"]
     photo = str(BUNDLED_PHOTOS[0])
-    steps = list(handlers.compare(photo, DEFAULT_MODEL, None, methods, Request("c")))
-    assert counted == [("gradcam",), ("smoothgrad",), ("integrated_gradients",)]
+    steps = list(handlers.compare(photo, DEFAULT_MODEL, None, methods, request=Request("c")))
+    assert counted == [
+        ("gradcam",),
+        ("guided_backprop",),
+        ("smoothgrad",),
+        ("integrated_gradients",),
+    ]
     statuses = [[step[1]["methods"][m]["status"] for m in methods] for step in steps]
     assert statuses == [
-        ["pending", "pending", "pending"],
-        ["pending", "done", "pending"],
-        ["done", "done", "pending"],
-        ["done", "done", "done"],
+        ["pending", "pending", "pending", "pending"],
+        ["pending", "done", "pending", "pending"],
+        ["pending", "done", "pending", "done"],
+        ["done", "done", "pending", "done"],
+        ["done", "done", "done", "done"],
     ]
 
 
@@ -126,13 +139,20 @@ def test_stop_ends_the_running_method(handlers):
                 stopper.join()
 
     steps = list(
-        handlers.compare(photo, DEFAULT_MODEL, None, ["vanilla", "smoothgrad"], request, progress)
+        handlers.compare(
+            photo,
+            DEFAULT_MODEL,
+            None,
+            ["vanilla", "smoothgrad"],
+            request=request,
+            progress=progress,
+        )
     )
     final = steps[-1][1]["methods"]
     assert final["vanilla"]["status"] == "done"
     assert final["smoothgrad"]["status"] == "stopped"
     assert len(reports) == 2  # no report after Stop: the next chunk's raised
-    assert "stop-me" not in handlers._stops  # nothing kept after the run
+    assert handlers.runs.running() == 0  # no token kept after the run
     explanation = handlers.session.lookup(handlers.compute(photo, DEFAULT_MODEL, None).key)
     assert handlers.session.maps.get(f"{explanation.key}:smoothgrad") is None
 
@@ -143,11 +163,27 @@ def test_stop_ends_the_running_method(handlers):
 )
 def test_hostile_method_lists_are_refused(handlers, methods):
     with pytest.raises(gr.Error) as caught:
-        next(handlers.compare(PHOTO, DEFAULT_MODEL, None, methods, Request("d")))
+        next(handlers.compare(PHOTO, DEFAULT_MODEL, None, methods, request=Request("d")))
     assert len(str(caught.value)) < 300 and "nonsense" not in str(caught.value)
 
 
 def test_a_single_method_name_is_accepted(handlers):
-    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, "gradcam", Request("e")))
+    steps = list(handlers.compare(PHOTO, DEFAULT_MODEL, None, "gradcam", request=Request("e")))
     assert list(steps[-1][1]["methods"]) == ["gradcam"]
     assert steps[-1][1]["methods"]["gradcam"]["layer"]
+
+
+def test_the_grid_follows_the_chosen_colour_map_and_carries_its_colour_bar(handlers):
+    steps = list(
+        handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "jet", request=Request("f"))
+    )
+    grid = steps[-1][0]
+    explanation = handlers.session.lookup(handlers.compute(PHOTO, DEFAULT_MODEL, None).key)
+    gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
+    jet = viz.colorize_unit(viz.robust_normalize(gradcam), "jet")
+    expected = viz.blend(explanation.pixels, jet, render.COMPARE_ALPHA)
+    np.testing.assert_array_equal(grid[22 : 22 + 224, 230 : 230 + 224], expected)
+    bar = viz.colorbar_pixels("jet")
+    np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
+    with pytest.raises(gr.Error, match="colour map must be one of"):
+        next(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "<b>hot</b>"))

@@ -18,6 +18,7 @@ import zipfile
 import pytest
 
 from tests.explorer_files import OUTPUT, PHOTOS, ROOT, huge_png, text_as_jpg, truncated_jpeg
+from tgrad import viz
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -113,6 +114,21 @@ def page(browser, server):
     page.on("pageerror", lambda error: page.page_errors.append(str(error)))
     page.goto(server)
     page.wait_for_selector("#explain-btn")
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def narrow_page(browser, server):
+    """A page 1024 px wide, as a classroom projector shows it."""
+    context = browser.new_context(viewport={"width": 1024, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.server = server
+    page.external = []
+    page.page_errors = []
+    page.on("request", lambda r: r.url.startswith(LOCAL) or page.external.append(r.url))
+    page.on("pageerror", lambda error: page.page_errors.append(str(error)))
     yield page
     context.close()
 
@@ -270,12 +286,52 @@ def test_compare_fills_the_grid_and_stop_stops(page, server):
     # ScoreCAM on Lite0 masks the photo with each of 1280 channels: long enough to stop
     methods.get_by_label("CAM · ScoreCAM").check()
     page.locator("#compare-btn").click()
-    page.locator("#compare-grid .progress-text").wait_for(state="visible")
-    page.wait_for_timeout(1500)
-    page.locator("#compare-stop").click()
-    wait_for_log("comparison stopped by the user; not computed: scorecam")
-    page.screenshot(path=str(OUTPUT / "e2e_compare_stopped.png"), full_page=True)
+    tab_says(page, "#compare-tab", "computing scorecam")  # the progress bar, under Stop
+    # pressed again: the page says that the running comparison stops and this one replaces it
+    page.locator("#compare-btn").click()
+    toast = page.locator(".toast-body").first
+    toast.wait_for(state="visible")
+    assert "this one replaces it" in toast.inner_text()
+    wait_for_log("comparison replaced; not computed: scorecam")
+    tab_says(page, "#compare-tab", "computing scorecam")  # the new run's ScoreCAM
+    stop_cleanly(
+        page,
+        "compare",
+        ("#compare-timings", "stopped"),
+        "comparison stopped; not computed: scorecam",
+    )
+    # what was done stays, ScoreCAM is marked stopped, and nothing reads as an error
+    timings = page.locator("#compare-timings").inner_text()
+    assert "pending" not in timings and timings.count('"done"') == 8
+    page.locator("#compare-grid img").wait_for(state="visible")
     assert page.page_errors == [] and page.external == []
+
+
+def tab_says(page, selector: str, text: str, timeout: float = 120_000) -> None:
+    page.wait_for_function(
+        "([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+
+
+def stop_cleanly(page, prefix: str, shows: tuple[str, str], logged: str) -> None:
+    """Press ``#<prefix>-stop``, wait until ``shows`` (selector, text) and the server's
+    log says ``logged``, then check that nothing in the tab reads as an error."""
+    page.locator(f"#{prefix}-stop").click()
+    tab_says(page, *shows)
+    wait_for_log(logged)
+    page.wait_for_timeout(500)  # what would come after the stop (nothing should)
+    page.screenshot(path=str(OUTPUT / f"e2e_{prefix}_stopped.png"), full_page=True)
+    looks_fine(page, f"#{prefix}-tab")
+
+
+def looks_fine(page, selector: str) -> None:
+    """No error badge, error text or error toast in the tab after a Stop."""
+    tab = page.locator(selector)
+    assert tab.locator(".error").count() == 0
+    assert "Error" not in tab.inner_text()
+    assert error_toasts(page).count() == 0
 
 
 def test_sanity_check_fills_the_grid_and_stop_stops(page):
@@ -296,13 +352,94 @@ def test_sanity_check_fills_the_grid_and_stop_stops(page):
     page.screenshot(path=str(OUTPUT / "e2e_sanity.png"), full_page=True)
     assert error_toasts(page).count() == 0
 
-    # a second run with another method set, stopped early: the server logs it
+    # a second run with another method set, stopped early: the columns done stay, the
+    # rest say "stopped", and nothing reads as an error
     methods.get_by_label("bias terms · T-Grad", exact=True).check()
     before = src(page, "#sanity-grid img")
     page.locator("#sanity-btn").click()
     wait_for_new_src(page, "#sanity-grid img", before)  # the new run's first column is in
-    page.locator("#sanity-stop").click()
-    wait_for_log("sanity check stopped by the user")
+    stop_cleanly(page, "sanity", ("#sanity-numbers", '"stopped"'), "sanity check stopped")
+    page.locator("#sanity-grid img").wait_for(state="visible")
+    page.locator("#sanity-curves img").wait_for(state="visible")
+    assert '"original"' in page.locator("#sanity-numbers").inner_text()  # step 0 stays
+    # on a 1024 px projector the grid's titles stay legible: at least a 10 px font as
+    # shown (they were 4 px: twenty 112 px columns scaled down to the page)
+    page.set_viewport_size({"width": 1024, "height": 900})
+    page.wait_for_timeout(500)
+    shown, natural = page.locator("#sanity-grid img").evaluate(
+        "i => [i.getBoundingClientRect().width, i.naturalWidth]"
+    )
+    font = (viz.SANITY_TITLE - 8) * min(1.0, shown / natural)
+    assert font >= 10, (shown, natural)
+    assert page.page_errors == [] and page.external == []
+
+
+def test_evaluate_shows_its_progress_stops_cleanly_and_its_table_fits_1024_px(narrow_page):
+    """Evaluate had no Stop and showed only an orange border for minutes; its table cut
+    its steps column even at 1400 px."""
+    page = narrow_page
+    page.goto(page.server + "?photo=rocket")
+    tab_says(page, "#summary", "Explaining")
+    page.get_by_role("tab", name="Evaluate").click()
+    methods = page.locator("#evaluate-methods")
+    for label in (
+        "bias terms · FullGrad",
+        "gradient · Vanilla gradient",
+        "gradient · Input x Gradient",
+    ):
+        methods.get_by_label(label, exact=True).uncheck()  # T-Grad and GradCAM
+    page.get_by_label("quick look · 56 steps").check()
+    page.locator("#evaluate-btn").click()
+    # the progress bar names the method, the step and the time left
+    page.wait_for_function(
+        "() => /scoring GradCAM: step \\d+ of 56, about \\d+ s left/"
+        ".test(document.querySelector('#evaluate-tab')?.innerText || '')",
+        timeout=180_000,
+    )
+    stop_cleanly(
+        page,
+        "evaluate",
+        ("#scores", "GradCAM · stopped"),
+        "evaluation stopped; not scored: gradcam",
+    )
+    assert "T-Grad" in page.locator("#scores").inner_text()  # the method scored stays
+    page.locator("#insertion img").wait_for(state="visible")
+    # every column of the table is inside it, the steps column included
+    fits = page.locator("#scores").evaluate(
+        """t => { const box = t.getBoundingClientRect();
+        const cells = [...t.querySelectorAll('th')];
+        const over = [...t.querySelectorAll('.virtual-table-viewport')]
+            .filter(e => e.scrollWidth > e.clientWidth + 1).length;
+        return [over, cells.map(c => c.innerText.trim()),
+                cells.every(c => c.getBoundingClientRect().right <= box.right + 1)] }"""
+    )
+    assert fits[0] == 0 and fits[2], fits
+    assert any(h.startswith("steps") for h in fits[1])
+    assert page.page_errors == [] and page.external == []
+
+
+@pytest.mark.parametrize(
+    ("model", "maps"), [("efficientnet_lite0", 50), ("efficientnet_lite2", 65)]
+)
+def test_the_layer_grid_fits_a_1024_px_window(narrow_page, model, maps):
+    """At a projector's 1024 px the grid cut its tenth column (the head among them), and
+    with Lite1 and Lite2 its last row."""
+    page = narrow_page
+    page.goto(page.server + f"?photo=coffee&model={model}")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#layer-grid .thumbnail-item').length === n",
+        arg=maps,
+        timeout=120_000,
+    )
+    grid = page.locator("#layer-grid")
+    grid.scroll_into_view_if_needed()
+    outside = grid.evaluate(
+        """g => { const box = g.getBoundingClientRect();
+        return [...g.querySelectorAll('.thumbnail-item')].map(t => t.getBoundingClientRect())
+            .filter(r => r.right > box.right + 1 || r.bottom > box.bottom + 1).length }"""
+    )
+    assert outside == 0
+    grid.screenshot(path=str(OUTPUT / f"e2e_layer_grid_1024_{model}.png"))
     assert page.page_errors == [] and page.external == []
 
 

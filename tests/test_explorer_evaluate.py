@@ -59,6 +59,15 @@ def test_scores_are_the_metrics_engines(handlers, scored):
         torch.testing.assert_close(kept.deletion, curves.deletion[0])
 
 
+def test_the_plots_name_the_class_they_follow(handlers, scored):
+    explanation = handlers.session.lookup(handlers.compute(PHOTO, DEFAULT_MODEL, None).key)
+    insertion, deletion, _ = scored[-1]
+    for figure, which in ((insertion, "Insertion"), (deletion, "Deletion")):
+        axes = figure.axes[0]
+        assert axes.get_title().startswith(f"{which} for {explanation.target_label} (8 steps)")
+        assert axes.get_ylabel() == f"probability of {explanation.categories[explanation.target]}"
+
+
 def test_scores_stream_and_the_plots_carry_every_curve(scored):
     assert [len(step[2]) for step in scored] == [0, 1, 2]
     assert scored[0][0] is None and scored[0][1] is None  # nothing to plot yet

@@ -14,6 +14,7 @@ from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import SANITY_MAP_SIZE, Session
 from tests.explorer_files import Request
+from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
 from tgrad.sanity import MEASURES, cascade, randomization_groups
 
@@ -36,7 +37,7 @@ def run(handlers):
     probe = torch.linspace(-2, 2, 3 * 224 * 224).reshape(1, 3, 224, 224)
     with torch.no_grad():
         before = model(probe)
-    steps = list(handlers.sanity(PHOTO, DEFAULT_MODEL, None, METHODS, "ssim", Request("r")))
+    steps = list(handlers.sanity(PHOTO, DEFAULT_MODEL, None, METHODS, "ssim", request=Request("r")))
     with torch.no_grad():
         after = model(probe)
     return steps, before, after
@@ -56,17 +57,17 @@ def test_a_step_per_group_and_the_engines_numbers(handlers, run):
             for measure in MEASURES:
                 expected = float(step.similarity[method][measure][0])
                 assert shown["similarity"][method][measure] == pytest.approx(expected, abs=1e-9)
-    # the grid: one row per method, one column per step, each panel a small map
-    rows, columns = len(METHODS), len(groups) + 1
+    # the grid: one row per method, one column per step (ten a band), each a small map
+    bands = -(-(len(groups) + 1) // viz.SANITY_COLUMNS)
     assert steps[-1][0].shape == (
-        rows * (SANITY_MAP_SIZE + 18 + 3) - 3,
-        columns * (SANITY_MAP_SIZE + 3) - 3,
+        bands * len(METHODS) * (SANITY_MAP_SIZE + viz.SANITY_TITLE + 3) - 3,
+        viz.SANITY_COLUMNS * (SANITY_MAP_SIZE + 3) - 3,
         3,
     )
     # the plot: one line per method, one point per step so far, the chosen measure
     lines = steps[5][1].axes[0].get_lines()
     assert [len(line.get_xdata()) for line in lines if line.get_label()[0] != "_"] == [6, 6]
-    assert "ssim" in steps[5][1].axes[0].get_ylabel()
+    assert steps[5][1].axes[0].get_title() == "SSIM (structural similarity)"
 
 
 def test_the_shared_model_is_untouched(run):
@@ -77,12 +78,14 @@ def test_the_shared_model_is_untouched(run):
 def test_the_measure_selector_redraws_from_the_cache(handlers, run):
     key = run[0][-1][3]
     figure = handlers.sanity_measure(key, "hog_spearman")
-    assert "hog_spearman" in figure.axes[0].get_ylabel()
+    assert figure.axes[0].get_title() == "Spearman of HOG features (edges)"
     assert handlers.sanity_measure("unknown", "ssim") == gr.skip()
     with pytest.raises(gr.Error, match="measure must be one of"):
         handlers.sanity_measure(key, "<b>" + "x" * 1000)
     # running again is served from the cache: one step, complete
-    again = list(handlers.sanity(PHOTO, DEFAULT_MODEL, None, METHODS, "ssim", Request("r2")))
+    again = list(
+        handlers.sanity(PHOTO, DEFAULT_MODEL, None, METHODS, "ssim", request=Request("r2"))
+    )
     assert len(again) == 1 and len(again[0][2]["steps"]) == len(run[0])
 
 
@@ -109,13 +112,15 @@ def test_stop_ends_the_cascade_before_the_next_step(handlers):
     request = Request("stop-me")
     handlers.session.sanity_runs.clear()
     seen = []
-    for step in handlers.sanity(PHOTO, DEFAULT_MODEL, None, ["vanilla"], None, request):
+    for step in handlers.sanity(PHOTO, DEFAULT_MODEL, None, ["vanilla"], None, request=request):
         seen.append(step)
         if len(seen) == 3:
             handlers.stop_sanity(request)
-    assert len(seen) == 3  # the fourth step was never computed
+    # the fourth step was never computed; a last view keeps the three done, says stopped
+    assert len(seen) == 4 and len(seen[-1][2]["steps"]) == 3
+    assert seen[-1][2]["status"] == "stopped" and seen[2][2]["status"] == "running"
     assert len(handlers.session.sanity_runs) == 0  # a stopped run is not cached
-    assert "sanity:stop-me" not in handlers._stops
+    assert handlers.runs.running() == 0
 
 
 @pytest.mark.parametrize("measure", ["pearson", 3, ["ssim"]])

@@ -9,6 +9,7 @@ regular files, with one message that says nothing about the path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,8 +27,8 @@ from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session, content_key, parse_key
 from explorer.uploads import UNUSABLE, PhotoGate, PhotoRejected
-from tests.explorer_files import PHOTOS
-from tgrad.models import DEFAULT_MODEL, LITE0_PREPROCESSING, imagenet_categories
+from tests.explorer_files import PHOTOS, FakeLoaded
+from tgrad.models import DEFAULT_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
 
@@ -216,17 +217,9 @@ class _Slow(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class _Loaded:
-    def __init__(self, module: nn.Module) -> None:
-        self.name = "slow"
-        self.module = module.eval()
-        self.preprocessing = LITE0_PREPROCESSING
-        self.categories = imagenet_categories()
-
-
 def test_explanation_work_is_limited_process_wide(places):
     slow = _Slow()
-    session = Session(loader=lambda name, **_: _Loaded(slow), max_explanations=1)
+    session = Session(loader=lambda name, **_: FakeLoaded(slow, name), max_explanations=1)
     gate = PhotoGate([places["uploads"]], BUNDLED_PHOTOS)
     handlers = Handlers(session, models=["slow"], gate=gate)
     photos, keys = [], []
@@ -379,3 +372,132 @@ def test_sessions_kept_by_the_server_are_bounded(server):
     grown = resident_mb() - before
     assert len(demo.state_holder.session_data) <= SESSION_CAPACITY
     assert grown < 20, f"{grown:.1f} MiB for 500 sessions"
+
+
+# ------------------------------------------------ what Gradio would process before us
+
+FILE_META = {"_type": "gradio.FileData"}
+
+
+def predict(client: httpx.Client, demo: gr.Blocks, name: str, data: list) -> httpx.Response:
+    """Call an unqueued event as the page does (POST /gradio_api/run/predict)."""
+    dependencies = demo.get_config_file()["dependencies"]
+    index = next(i for i, d in enumerate(dependencies) if d["api_name"] == name)
+    body = {"data": data, "fn_index": index, "session_hash": uuid.uuid4().hex}
+    return client.post("/gradio_api/run/predict", json=body)
+
+
+def test_only_gradios_example_loader_keeps_its_preprocessing(server):
+    """Every event of the app takes its inputs raw and checks them itself; only Gradio's
+    own example loader preprocesses (an index into the examples, checked first by the
+    guard)."""
+    demo, _ = server
+    preprocessed = [
+        fn.name
+        for fn in demo.fns.values()
+        if fn.fn is not None
+        and fn.inputs
+        and fn.preprocess
+        and not all(isinstance(block, gr.Dataset) for block in fn.inputs)
+    ]
+    assert preprocessed == []
+
+
+def test_refusals_are_the_apps_own_messages_and_one_log_line(server, places, caplog, capfd):
+    """Payloads that Gradio itself refused before any handler ran, with ``{"error":
+    null}`` (the client's "has not enabled verbose error reporting") and a traceback."""
+    from gradio.utils import get_upload_folder
+
+    demo, client = server
+    caplog.set_level(logging.INFO)
+    capfd.readouterr()
+    upload_root = get_upload_folder()
+    refused = {  # (endpoint, data) -> the message expected
+        ("explain", "a file payload naming a path that was not uploaded"): (
+            [{"path": str(places["outside"] / "secret.jpg"), "meta": FILE_META}, None, None, 0.5],
+            UNUSABLE,
+        ),
+        ("explain", "the upload folder itself"): (
+            [{"path": upload_root, "meta": FILE_META}, None, None, 0.5],
+            UNUSABLE,
+        ),
+        ("explain", "a hostile meta"): (
+            [{"path": "/etc/hostname", "meta": "x"}, None, None, 0.5],
+            UNUSABLE,
+        ),
+        ("explain", "no inputs"): ([], "This request gives 0 of the 4 inputs of /explain."),
+        ("compare", "two inputs"): (
+            [{"path": str(PHOTOS["coffee"])}, None],
+            "This request gives 2 of the 6 inputs of /compare.",
+        ),
+        ("explain", "a deep list"): (
+            [[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]], None, None, 0.5],
+            "This request is nested too deeply.",
+        ),
+    }
+    for (api, what), (data, message) in refused.items():
+        event, payload = call(client, api, data)
+        assert event == "error", what
+        assert payload["error"] == message, what
+        assert payload.get("title"), what  # an app's gr.Error, never Gradio's bare one
+    # the upload folder was refused before Gradio registered it for deletion
+    assert not any(upload_root.rstrip("/") == p.rstrip("/") for s in demo.temp_file_sets for p in s)
+    # load_example (no queue) with an index that is not one of the four photos
+    for index in (99, -1, "1", None):
+        answer = predict(client, demo, "load_example", [index])
+        assert answer.json()["error"] == "The example must be a number from 0 to 3.", index
+    assert predict(client, demo, "load_example", [1]).status_code == 200
+    # one line each in the log, and no traceback
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused: ")]
+    assert len(lines) == len(refused) + 4
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_model_pickers_event_never_echoes_its_value(server, caplog, capfd):
+    demo, client = server
+    caplog.set_level(logging.INFO)
+    capfd.readouterr()
+    hostile = "<img src=x onerror=alert(1)>" + "x" * 200_000
+    done = join(client, demo, "prepare_model", [hostile])
+    assert not done["success"]
+    assert done["output"]["error"].startswith("The model must be one of: efficientnet_lite0")
+    assert len(done["output"]["error"]) < 300
+    logged = "\n".join(r.getMessage() for r in caplog.records) + capfd.readouterr().err
+    assert "x" * 100 not in logged and "<img" not in logged and "Traceback" not in logged
+
+
+def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
+    """Gradio downloads a file payload whose path is a URL (it resolves the host first);
+    the guard refuses it before. The resolver is watched for the test's host."""
+    import socket
+
+    demo, client = server
+    looked_up: list[object] = []
+    real = socket.getaddrinfo
+
+    def watched(host, *args, **kwargs):
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", watched)
+    url = "http://tgrad-test.invalid/photo.jpg"
+    payloads = [
+        {"path": url, "meta": FILE_META},
+        {"path": url, "url": url, "orig_name": "photo.jpg", "meta": FILE_META},
+        {"url": url, "meta": FILE_META},
+        {"url": url},
+    ]
+    for payload in payloads:
+        event, answer = call(client, "explain", [payload, None, None, 0.5])
+        assert event == "error" and answer["error"] == UNUSABLE, payload
+    done = join(client, demo, "render_layer", ["", 0, render.ALONE, 0.5, payloads[1], None])
+    assert not done["success"] and done["output"]["error"] == UNUSABLE
+    assert not any("tgrad-test" in str(host) for host in looked_up)
+
+
+def test_an_older_compare_call_without_the_colour_map_still_works(server):
+    _, client = server
+    event, payload = call(
+        client, "compare", [{"path": str(PHOTOS["coffee"])}, None, None, "gradcam"]
+    )
+    assert event == "complete" and payload[1]["methods"]["gradcam"]["status"] == "done"

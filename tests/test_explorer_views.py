@@ -153,17 +153,26 @@ def handlers_photos() -> list[str]:
     return [path.stem for path in BUNDLED_PHOTOS]
 
 
-def test_an_uploaded_photo_is_not_named_in_the_link(handlers, tmp_path):
+def test_a_link_made_from_an_uploaded_photo_says_to_upload_it_again(handlers, tmp_path):
     upload = tmp_path / "mine.png"
     Image.open(PHOTOS["chelsea"]).save(upload)  # not the bytes of a bundled photo
     key = handlers.explain(str(upload), DEFAULT_MODEL, None, 0.5)[3]
     query = handlers.view_link(key, 0, render.ALONE, None)
-    assert query.startswith(f"?model={DEFAULT_MODEL}&class=") and "photo" not in query
+    assert query.startswith(f"?photo=upload&model={DEFAULT_MODEL}&class=")
+    assert handlers.link_note(key) == share.LINK_WITHOUT_PHOTO  # beside the link
+    # whoever opens it is told to upload the photo again; the rest of the view applies
+    params = dict(pair.split("=") for pair in query[1:].split("&"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        photo, model, *_ = handlers.open_link(Request("a", params))
+    assert [str(w.message) for w in caught] == [share.UPLOAD_AGAIN]
+    assert photo == gr.skip() and model == DEFAULT_MODEL
     # the bundled photo's own bytes, uploaded, are that photo
     copy = tmp_path / "copy.jpg"
     shutil.copy(PHOTOS["chelsea"], copy)
     key = handlers.explain(str(copy), DEFAULT_MODEL, None, 0.5)[3]
     assert handlers.view_link(key, 0, render.ALONE, None).startswith("?photo=chelsea&")
+    assert handlers.link_note(key) == "" and handlers.link_note("") == ""
 
 
 HOSTILE_LINKS = {
@@ -229,8 +238,14 @@ def test_the_figures_zip_holds_the_view_and_its_numbers(handlers, coffee):
             render.layer_overlay(explanation, 20, render.CUMULATIVE, 0.7, "jet"),
         )
         np.testing.assert_array_equal(picture("colorbar.png"), viz.colorbar_pixels("jet"))
+        # the grid: eight maps a row, 6 px apart, then the colour bar of the view
         grid = picture("layers.png")
-        assert grid.shape[1] == 8 * 112 + 7 * 4  # eight maps a row, 4 px apart
+        bar = viz.colorbar_pixels("jet")
+        assert grid.shape[1] == 8 * render.FIGURE_SIZE + 7 * 6
+        np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
+        np.testing.assert_array_equal(
+            grid[: -bar.shape[0] - 6], render.layer_figure(explanation, "jet")[: -bar.shape[0] - 6]
+        )
         assert picture("chart.png").shape[2] in (3, 4)
     # the numbers add up to the logit (completeness), and name the view
     total = sum(row["contribution"] for row in numbers["terms"])
@@ -239,6 +254,33 @@ def test_the_figures_zip_holds_the_view_and_its_numbers(handlers, coffee):
     assert numbers["view"]["position"] == 20 and numbers["view"]["colour_map"] == "jet"
     assert numbers["terms"][4]["title"] == "Block 2 · expand conv · 112 x 112"
     assert numbers["view"]["term"] == explanation.spatial_terms[20].name
+
+
+def test_the_figures_are_titled_as_the_page_titles_them(handlers, coffee, monkeypatch):
+    """The grid's maps and the chart's bars carry the page's readable layer names (not
+    module paths), the chart highlights the view's position and has a legend."""
+    drawn: dict[str, object] = {}
+    grid, chart = viz.panel_grid, viz.decomposition_chart
+    monkeypatch.setattr(
+        viz,
+        "panel_grid",
+        lambda panels, **kw: (
+            drawn.setdefault("titles", [t for _, t in panels]) and grid(panels, **kw)
+        ),
+    )
+    monkeypatch.setattr(
+        viz,
+        "decomposition_chart",
+        lambda *a, **kw: drawn.setdefault("chart", (a, kw)) and chart(*a, **kw),
+    )
+    handlers.figures(coffee, 20, render.ALONE, 0.5, None, None)
+    explanation = handlers.session.lookup(coffee)
+    titles = drawn["titles"]
+    assert len(titles) == explanation.positions
+    assert titles[4].startswith("4 · Block 2 · expand conv\n112 x 112 · ")
+    _, options = drawn["chart"]
+    assert options["names"] == [explanation.title(i) for i in range(len(explanation.result.terms))]
+    assert options["highlight"] == explanation.spatial_terms[20].name
 
 
 def share_folder() -> Path:

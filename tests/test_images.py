@@ -17,7 +17,14 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from tgrad import images
-from tgrad.images import DECODE_BUDGET, MAX_PIXELS, MAX_SIDE, ImageLoadError, load_image
+from tgrad.images import (
+    DECODE_BUDGET,
+    MAX_ASPECT,
+    MAX_PIXELS,
+    MAX_SIDE,
+    ImageLoadError,
+    load_image,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -48,6 +55,7 @@ def png_header_only(width, height, colour_type=0, depth=8):
 
 def test_constants():
     assert MAX_PIXELS == 64_000_000 and MAX_SIDE == 2048 and DECODE_BUDGET == 200_000_000
+    assert MAX_ASPECT == 20
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
 
 
@@ -164,6 +172,28 @@ def test_too_many_pixels_refused_from_the_header(tmp_path):
         load_image(path)
     message = str(caught.value)
     assert "144,000,000 pixels" in message and f"{MAX_PIXELS:,}" in message
+
+
+@pytest.mark.parametrize(("width", "height"), [(30000, 2), (1_000_000, 1), (2, 30000)])
+def test_extreme_aspect_ratios_are_refused_from_the_header(tmp_path, width, height):
+    """A strip of a few hundred bytes passes the pixel limits, but a classifier resizes
+    its *shorter* side: 30000 x 2 would become a 256 px high image 3.8 million pixels
+    long (2 GB measured in the explorer). Refused before decoding, naming the limit."""
+    path = tmp_path / "strip.png"
+    path.write_bytes(png_header_only(width, height))  # no pixel data: decoding would fail
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(path)
+    message = str(caught.value)
+    assert f"{width} x {height} pixels" in message and "more than 20 times" in message
+    assert "crop" in message
+    with pytest.raises(ImageLoadError, match="more than 20 times"):  # arrays alike
+        load_image(np.zeros((1, 25), np.uint8))
+
+
+def test_the_widest_accepted_image_loads(tmp_path):
+    path = tmp_path / "panorama.png"
+    Image.new("RGB", (4000, 200), "white").save(path)  # 20:1, the limit
+    assert load_image(path).size == (2048, 102)
 
 
 def test_pil_decompression_bomb_becomes_image_load_error():
@@ -477,8 +507,8 @@ def test_bad_arrays(array, message):
 
 
 def test_big_array_is_downscaled():
-    array = np.zeros((100, 5000, 3), np.uint8)
-    assert load_image(array).size == (2048, 41)
+    array = np.zeros((250, 5000, 3), np.uint8)  # 20:1, the widest accepted
+    assert load_image(array).size == (2048, 102)
 
 
 def test_pixel_limit_applies_to_arrays(monkeypatch):

@@ -142,3 +142,73 @@ def test_colorize_unit_gives_matplotlibs_colours_exactly(cmap):
     )[None]
     expected = (matplotlib.colormaps[cmap](values.numpy())[..., :3] * 255).round()
     np.testing.assert_array_equal(viz.colorize_unit(values, cmap), expected.astype(np.uint8))
+
+
+def texts_outside(fig) -> list[str]:
+    """The texts of a figure (titles, labels, tick labels, legend) that are drawn past
+    its edges (clipped in the PNG), after laying it out as it is saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    outside = []
+    for text in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent")):
+        if not text.get_visible() or not text.get_text():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            outside.append(text.get_text())
+    return outside
+
+
+def test_the_sanity_curves_speak_the_pages_language_and_nothing_is_clipped():
+    ticks = ["original", *(f"{i}: Block {20 - i}" for i in range(1, 19)), "19: Stem · conv"]
+    curves = {"spearman_abs": {"T-Grad": [1.0, 0.5, 0.2], "Guided Backprop": [1.0, 0.9, 0.9]}}
+    fig = viz.sanity_curves(ticks, curves)
+    ax = fig.axes[0]
+    assert ax.get_title() == "Spearman rank correlation of |map|"  # not spearman_abs
+    assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+    assert texts_outside(fig) == []  # the y label was cut at both ends
+    several = viz.sanity_curves(ticks[:3], {m: curves["spearman_abs"] for m in viz.MEASURE_TITLES})
+    assert [a.get_title() for a in several.axes] == list(viz.MEASURE_TITLES.values())
+
+
+def test_the_chart_of_the_figures_names_the_layers_and_has_a_legend(result):
+    names = [f"Readable {i}" for i in range(len(result.terms))]
+    fig = viz.decomposition_chart(result, highlight="conv1", names=names)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "raises the logit",
+        "lowers it",
+        "classifier bias (no map)",
+        "current position",
+    ]
+    assert texts_outside(fig) == []
+    with pytest.raises(ValueError, match="names for"):
+        viz.decomposition_chart(result, names=names[:2])
+
+
+def test_a_sanity_grid_wraps_into_bands_of_ten_steps():
+    steps = [torch.rand(8, 8) for _ in range(13)]
+    groups = ["original", *(f"g{i}" for i in range(1, 13))]
+    grid = viz.sanity_grid(groups, {"A": steps, "B": steps[:5]}, size=20)
+    cell = 20 + viz.SANITY_TITLE + 3
+    assert grid.shape == (2 * 2 * cell - 3, viz.SANITY_COLUMNS * 23 - 3, 3)
+    # the second band: steps 10..12 of each method, then white (no step 13)
+    assert (
+        grid[2 * cell + viz.SANITY_TITLE : 2 * cell + viz.SANITY_TITLE + 20, 3 * 23 :] == 255
+    ).all()
+
+
+def test_multi_line_panel_titles_and_a_colour_bar_under_a_figure():
+    panels = [(np.full((30, 40, 3), 90, np.uint8), "one\ntwo")]
+    grid = viz.panel_grid(panels, title_height=30)
+    assert (grid[:15] < 128).any() and (grid[15:30] < 128).any()  # a line in each half
+    framed = viz.with_colorbar(grid, "jet")
+    bar = viz.colorbar_pixels("jet")
+    assert np.array_equal(framed[-bar.shape[0] :, : bar.shape[1]], bar)
+    assert np.array_equal(framed[: grid.shape[0], : grid.shape[1]], grid)

@@ -4,8 +4,9 @@ One entry point, :func:`load_image`. Its guarantees:
 
 * the result is a PIL image in mode ``"RGB"`` (8 bits per channel), already decoded;
 * images are refused from their header, before decoding, when they have more than
-  :data:`MAX_PIXELS` pixels or when decoding them would need more than
-  :data:`DECODE_BUDGET` bytes (see :func:`_decode_cost`);
+  :data:`MAX_PIXELS` pixels, when decoding them would need more than
+  :data:`DECODE_BUDGET` bytes (see :func:`_decode_cost`), or when one side is more than
+  :data:`MAX_ASPECT` times the other;
 * the longest side is at most :data:`MAX_SIDE` (LANCZOS downscale, aspect kept);
 * the EXIF orientation is applied, transparency is composited onto white, 16-bit
   grayscale is reduced with ``value >> 8``, animations give their first frame;
@@ -33,10 +34,24 @@ from typing import IO
 import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
-__all__ = ["DECODE_BUDGET", "FORMATS", "MAX_PIXELS", "MAX_SIDE", "ImageLoadError", "load_image"]
+__all__ = [
+    "DECODE_BUDGET",
+    "FORMATS",
+    "MAX_ASPECT",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "ImageLoadError",
+    "load_image",
+]
 
 MAX_PIXELS: int = 64_000_000
 MAX_SIDE: int = 2048
+MAX_ASPECT: int = 20
+"""The longest side may be at most this many times the shortest. A classifier resizes
+the *shorter* side (to 256 px for EfficientNet-Lite0, drawn at up to three times that in
+the explorer), so a strip of a few hundred bytes, 30000 x 2 px, would become an image
+hundreds of thousands of pixels long and cost gigabytes; at 20:1 the longest resize
+(876 px x 20 for Lite2 drawn at 3x) holds 15 MP. Panoramas (up to about 10:1) pass."""
 
 # What the decoder may hold at once, in bytes. The target is one explanation adding less
 # than 300 MB to the server. On top of the decoder's buffer come the image reduced by an
@@ -106,7 +121,8 @@ def load_image(source: ImageSource) -> Image.Image:
     Raises:
         ImageLoadError: unreadable file (missing, a folder, not a regular file, no
             permission: one message for all), not an image, truncated or corrupt data,
-            zero size, too many pixels for :data:`MAX_PIXELS` or :data:`DECODE_BUDGET`,
+            zero size, too many pixels for :data:`MAX_PIXELS` or :data:`DECODE_BUDGET`, an
+            aspect ratio beyond :data:`MAX_ASPECT`,
             or an unusable array. The message never contains the path.
         TypeError: ``source`` is of none of the types above.
     """
@@ -210,6 +226,11 @@ def _check_size(size: tuple[int, int]) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"The image is empty ({width} x {height} pixels).")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageLoadError(
+            f"The image is {width} x {height} pixels: one side is more than {MAX_ASPECT} "
+            f"times the other, the limit. Please crop it closer to a square."
+        )
     _refuse_above(size, MAX_PIXELS)
 
 

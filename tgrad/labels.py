@@ -27,9 +27,7 @@ def find_class(query: str | int, categories: Sequence[str], partial: bool = True
     digits = text.removeprefix("-")
     if digits.isascii() and digits.isdigit():
         if len(digits) > 9 or not 0 <= int(text) < len(categories):
-            raise ValueError(
-                f"class index {_shown(text)} is out of range 0..{len(categories) - 1}"
-            )
+            raise ValueError(f"class index {_shown(text)} is out of range 0..{len(categories) - 1}")
         return int(text)
     lowered = [c.lower() for c in categories]
     if text.lower() in lowered:
@@ -38,9 +36,7 @@ def find_class(query: str | int, categories: Sequence[str], partial: bool = True
     if len(matches) == 1 and partial:
         return matches[0]
     if not matches:
-        raise ValueError(
-            f"no class named {_shown(text)}; give an index 0..{len(categories) - 1}"
-        )
+        raise ValueError(f"no class named {_shown(text)}; give an index 0..{len(categories) - 1}")
     shown = ", ".join(f"{i}: {categories[i]}" for i in matches[:8])
     more = f" and {len(matches) - 8} more" if len(matches) > 8 else ""
     if len(matches) == 1:

@@ -135,33 +135,52 @@ def layer_strip(
 
 
 def decomposition_chart(
-    result: TGradResult, sample: int = 0, highlight: str | None = None
+    result: TGradResult,
+    sample: int = 0,
+    highlight: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """One bar per term of the logit (input, each layer, classifier biases).
 
-    Bars of non-spatial terms are hatched; the term named ``highlight`` is drawn in
-    orange. The title gives the logit and the completeness gap.
+    Blue bars raise the logit, red ones lower it, bars of non-spatial terms (no map) are
+    hatched; the term named ``highlight`` is drawn in orange (the current position). A
+    legend says so. The x axis names each term by ``names`` (one per term, e.g. readable
+    layer names; default the terms' own names). The title gives the logit and the
+    completeness gap.
     """
-    names = [t.name for t in result.terms]
-    values = [float(t.contribution[sample]) for t in result.terms]
+    from matplotlib.patches import Patch
+
+    terms = result.terms
+    labels = [t.name for t in terms] if names is None else list(names)
+    if len(labels) != len(terms):
+        raise ValueError(f"{len(labels)} names for {len(terms)} terms")
+    values = [float(t.contribution[sample]) for t in terms]
     colors = [
-        "tab:orange" if n == highlight else ("tab:blue" if v >= 0 else "tab:red")
-        for n, v in zip(names, values, strict=True)
+        "tab:orange" if t.name == highlight else ("tab:blue" if v >= 0 else "tab:red")
+        for t, v in zip(terms, values, strict=True)
     ]
-    fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 3.2))
+    fig = Figure(figsize=(max(6.0, 0.22 * len(labels) + 2), 3.2 if names is None else 4.6))
     ax = fig.subplots()
-    bars = ax.bar(range(len(names)), values, color=colors)
-    for bar, term in zip(bars, result.terms, strict=True):
+    bars = ax.bar(range(len(labels)), values, color=colors)
+    for bar, term in zip(bars, terms, strict=True):
         if not term.spatial:
             bar.set_hatch("//")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
     ax.set_ylabel("contribution to the logit")
     ax.set_title(
-        f"logit {float(result.logit[sample]):.4g} = sum of {len(names)} terms "
+        f"logit {float(result.logit[sample]):.4g} = sum of {len(labels)} terms "
         f"(gap {float(result.gap[sample]):.1e})",
         fontsize=9,
     )
+    keys = [
+        Patch(color="tab:blue", label="raises the logit"),
+        Patch(color="tab:red", label="lowers it"),
+        Patch(facecolor="white", edgecolor="grey", hatch="//", label="classifier bias (no map)"),
+    ]
+    if highlight is not None:
+        keys.append(Patch(color="tab:orange", label="current position"))
+    ax.legend(handles=keys, fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -235,7 +254,9 @@ def panel_grid(
     title_height: int = 22,
     gap: int = 6,
 ) -> np.ndarray:
-    """Pictures of one size side by side, each under its title: uint8 [H,W,3].
+    """Pictures of one size side by side, each under its title: uint8 [H,W,3]. A title
+    may have several lines (``"\\n"``), which share ``title_height``; a line too long
+    for the panel ends in an ellipsis.
 
     Drawn with Pillow, not matplotlib: a grid of twelve 224 px panels takes a few
     milliseconds, which matters when a page redraws it as each panel arrives.
@@ -248,17 +269,30 @@ def panel_grid(
     cell_w, cell_h = width + gap, height + title_height + gap
     canvas = Image.new("RGB", (columns * cell_w - gap, rows * cell_h - gap), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(6, title_height - 8))
+    lines = max(1, max(title.count("\n") + 1 for _, title in panels))
+    font = ImageFont.load_default(size=max(6, title_height // lines - 8))
     for index, (picture, title) in enumerate(panels):
         if picture.shape[:2] != (height, width):
             raise ValueError(f"panel {index} is {picture.shape[:2]}, not {(height, width)}")
         left, top = (index % columns) * cell_w, (index // columns) * cell_h
-        text = title
-        while draw.textlength(text, font=font) > width - 4 and len(text) > 1:
-            text = text[:-2] + "…"
-        draw.text((left + 2, top + 2), text, fill="black", font=font)
+        for number, line in enumerate(title.split("\n")):
+            while draw.textlength(line, font=font) > width - 4 and len(line) > 1:
+                line = line[:-2] + "…"
+            y = top + 2 + number * (title_height // lines)
+            draw.text((left + 2, y), line, fill="black", font=font)
         canvas.paste(Image.fromarray(picture), (left, top + title_height))  # over any descender
     return np.asarray(canvas)
+
+
+def with_colorbar(picture: np.ndarray, cmap: str = DEFAULT_CMAP, gap: int = 6) -> np.ndarray:
+    """``picture`` (uint8 [H,W,3]) with the colour bar of ``cmap`` (:func:`colorbar_pixels`)
+    under it, left-aligned on white: a figure that says what its colours mean."""
+    bar = colorbar_pixels(cmap)
+    width = max(picture.shape[1], bar.shape[1])
+    canvas = np.full((picture.shape[0] + gap + bar.shape[0], width, 3), 255, np.uint8)
+    canvas[: picture.shape[0], : picture.shape[1]] = picture
+    canvas[picture.shape[0] + gap :, : bar.shape[1]] = bar
+    return canvas
 
 
 def curves_figure(
@@ -300,6 +334,18 @@ SANITY_ALPHA = 0.6
 """Opacity of the sanity check's maps over the photo."""
 PENDING_GREY = 235
 """The grey of a panel whose picture is still to come."""
+SANITY_COLUMNS = 10
+"""Steps side by side in a sanity grid; more steps wrap into further bands of rows, so
+that the grid stays about 1150 px wide and its titles legible when a page shows it."""
+SANITY_TITLE = 22
+"""Height of a sanity panel's title strip in pixels (a 14 px font)."""
+MEASURE_TITLES: dict[str, str] = {
+    "spearman_abs": "Spearman rank correlation of |map|",
+    "spearman": "Spearman rank correlation",
+    "ssim": "SSIM (structural similarity)",
+    "hog_spearman": "Spearman of HOG features (edges)",
+}
+"""The readable name of each similarity measure of :data:`tgrad.sanity.MEASURES`."""
 
 
 def sanity_grid(
@@ -310,7 +356,8 @@ def sanity_grid(
     cmap: str = DEFAULT_CMAP,
 ) -> np.ndarray:
     """The maps of a sanity check (SPEC 5; the paper's Fig. 6): one row per method, one
-    column per step.
+    column per step, at most :data:`SANITY_COLUMNS` steps a row (more steps continue in
+    another band of one row per method, under the first).
 
     Args:
         groups: the steps: ``"original"``, then the group randomized at each step.
@@ -323,25 +370,36 @@ def sanity_grid(
     Returns:
         uint8 [H,W,3]; each map scaled by its own 99th percentile
         (:func:`robust_normalize`), since a randomized model's maps differ in scale.
-        Panels are titled ``"<label> · original"``, then ``"<step>: <group>"``.
+        Panels are titled ``"<label> · original"``, then ``"<step>: <group>"`` (the
+        first panel of a row in a later band: ``"<label> · <step>: <group>"``).
     """
     base = None
     if backdrop is not None:
         base = thumbnail(backdrop, size)
     blank = np.full((size, size, 3), PENDING_GREY, np.uint8)
+    empty = np.full((size, size, 3), 255, np.uint8)
+    columns = min(SANITY_COLUMNS, len(groups))
+    bands = -(-len(groups) // columns)
     panels = []
-    for label, row in maps.items():
-        if len(row) > len(groups):
-            raise ValueError(f"{label} has {len(row)} maps for {len(groups)} steps")
-        for index, group in enumerate(groups):
-            title = f"{label} · original" if index == 0 else f"{index}: {group}"
-            if index >= len(row):
-                panels.append((blank, title))
-                continue
-            small = upsample(row[index].detach().float()[None], (size, size))[0]
-            heat = colorize_unit(robust_normalize(small), cmap)
-            panels.append((heat if base is None else blend(base, heat, SANITY_ALPHA), title))
-    return panel_grid(panels, columns=len(groups), title_height=18, gap=3)
+    for band in range(bands):
+        for label, row in maps.items():
+            if len(row) > len(groups):
+                raise ValueError(f"{label} has {len(row)} maps for {len(groups)} steps")
+            for index in range(band * columns, (band + 1) * columns):
+                if index >= len(groups):
+                    panels.append((empty, ""))
+                    continue
+                title = f"{label} · original" if index == 0 else f"{index}: {groups[index]}"
+                if index == band * columns and index > 0:
+                    title = f"{label} · {title}"
+                if index >= len(row):
+                    panels.append((blank, title))
+                    continue
+                small = upsample(row[index].detach().float()[None], (size, size))[0]
+                heat = colorize_unit(robust_normalize(small), cmap)
+                picture = heat if base is None else blend(base, heat, SANITY_ALPHA)
+                panels.append((picture, title))
+    return panel_grid(panels, columns=columns, title_height=SANITY_TITLE, gap=3)
 
 
 def sanity_curves(
@@ -351,7 +409,7 @@ def sanity_curves(
 ) -> Figure:
     """The sanity check's curves (SPEC 5; the paper's Fig. 6, right): the similarity of
     each method's map to the original model's against the randomized groups, one panel
-    per measure, one line per method.
+    per measure (titled with its name, :data:`MEASURE_TITLES`), one line per method.
 
     Args:
         groups: the x axis: ``"original"``, then the group randomized at each step.
@@ -360,7 +418,7 @@ def sanity_curves(
         title: above the panels (none when empty).
     """
     width = max(5.0, 0.32 * len(groups) + 2.0) if len(curves) == 1 else 3.6 * len(curves)
-    fig = Figure(figsize=(width, 3.8))
+    fig = Figure(figsize=(width, 4.2))
     axes = np.atleast_1d(fig.subplots(1, len(curves), sharey=True))
     for ax, (measure, by_method) in zip(axes, curves.items(), strict=True):
         for method, values in by_method.items():
@@ -370,14 +428,12 @@ def sanity_curves(
         ax.set_xticks(range(len(groups)), list(groups), rotation=90, fontsize=7)
         ax.set_xlim(-0.5, len(groups) - 0.5)
         ax.set_ylim(-1.05, 1.05)
-        ax.set_title(measure, fontsize=9)
+        ax.set_title(MEASURE_TITLES.get(measure, measure), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("similarity to the original map", fontsize=9)
     if len(curves) == 1:
-        axes[0].set_ylabel(f"similarity to the original map ({next(iter(curves))})")
         axes[0].set_xlabel("randomized up to this group (from the output towards the input)")
-    else:
-        axes[0].set_ylabel("similarity to the original map")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
