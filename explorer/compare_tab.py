@@ -21,10 +21,12 @@ from explorer.widgets import method_picker, run_and_stop, wire_run
 
 
 def default_methods() -> list[str]:
-    """The methods ticked at first: every single-pass one (they cost one pass together)."""
+    """The methods ticked at first: every single-pass one (they cost one pass together),
+    the chance controls left for the user to add."""
     from tgrad.methods import METHODS
+    from tgrad.methods.controls import is_control
 
-    return [name for name, method in METHODS.items() if method.single_pass]
+    return [n for n, method in METHODS.items() if method.single_pass and not is_control(n)]
 
 
 def build(handlers: Handlers, explain: ExplainTab) -> None:

@@ -91,7 +91,7 @@ from tgrad.models import DEFAULT_MODEL
 
 build_demo(Session())
 steps = list(Handlers(Session()).compare(
-    str(BUNDLED_PHOTOS[1]), DEFAULT_MODEL, None, ["gradcam", "random"], Request("r")
+    str(BUNDLED_PHOTOS[1]), DEFAULT_MODEL, None, ["gradcam", "random"], request=Request("r")
 ))
 shown = steps[-1][1]["methods"]
 errors = {{}}
