@@ -106,6 +106,9 @@ them a zero derivative, or none): the operation consuming their output takes it 
 intercept (SPEC 1)."""
 
 
+_shorts: dict[Callable, str] = {}
+
+
 def _short(qualified: str) -> str:
     name = qualified.rsplit(".", 1)[-1]
     return name[:-1] if name.endswith("_") and not name.startswith("_") else name
@@ -223,16 +226,26 @@ class OpWatch(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.paused or not self.stack:
             return func(*args, **kwargs)
-        flat = [*args, *kwargs.values()]
-        flat += [t for a in flat if isinstance(a, (tuple, list)) for t in a]
-        module, module_name = self.stack[-1]
-        op = Op(func, args, kwargs, module, module_name, self.index, self.dependent)
-        if any(isinstance(a, Tensor) and a.requires_grad for a in flat):
-            self._adopt_unseen(flat, op)
-        short = _short(op_name(func))
+        short = _shorts.get(func)
+        if short is None:
+            short = _shorts.setdefault(func, _short(op_name(func)))
         if short in _METADATA:
             return func(*args, **kwargs)
-        if not any(self.dependent(a) for a in flat):
+        flat = [*args, *kwargs.values()] if kwargs else list(args)
+        flat += [t for a in flat if isinstance(a, (tuple, list)) for t in a]
+        dependent = unseen = False
+        for a in flat:
+            if isinstance(a, Tensor):
+                if self.dependent(a):
+                    dependent = True
+                elif a.requires_grad and a.grad_fn is not None:
+                    unseen = True
+        module, module_name = self.stack[-1]
+        op = Op(func, args, kwargs, module, module_name, self.index, self.dependent)
+        if unseen:
+            self._adopt_unseen(flat, op)
+            dependent = dependent or any(self.dependent(a) for a in flat)
+        if not dependent:
             if short in RANDOM:
                 self.on_op(op)
             return func(*args, **kwargs)
