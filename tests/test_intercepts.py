@@ -552,3 +552,20 @@ def test_on_piecewise_linear_models_the_terms_are_the_papers(name):
         if layer_map is not None:
             torch.testing.assert_close(term.map, layer_map.detach(), rtol=1e-6, atol=1e-6 *
                                        float(layer_map.abs().max()))  # fmt: skip
+
+
+def test_batchnorm_shifts_follow_changed_statistics():
+    # the folded shift is kept between passes only while no statistic changes
+    from tests.nets import small_cnn
+
+    model = small_cnn()
+    x = _images(size=16)
+    before = {t.name: t.contribution for t in decompose(model, x, target=1).terms}
+    with torch.no_grad():
+        model.bn2.running_mean.add_(0.5)  # in place: its version counter moves
+    after = decompose(model, x, target=1)
+    assert (after.gap.abs() <= completeness_tolerance(after.logit)).all()
+    assert not torch.equal({t.name: t.contribution for t in after.terms}["bn2"], before["bn2"])
+    model.bn2.running_var = model.bn2.running_var * 2  # a new tensor
+    again = decompose(model, x, target=1)
+    assert (again.gap.abs() <= completeness_tolerance(again.logit)).all()

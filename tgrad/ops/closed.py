@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -54,13 +55,27 @@ def _batch_norm(op: Op) -> Plan | None:
             "normalises with the statistics of the batch (BatchNorm in training mode, or "
             "without running statistics), which mixes the samples"
         )
-    shift = batchnorm_shift(
-        *(detached(arg(op, i, k)) for i, k in ((1, "running_mean"), (2, "running_var"))),
-        detached(arg(op, 3, "weight")),
-        detached(arg(op, 4, "bias")),
-        float(arg(op, 7, "eps", 1e-5)),
-    )
+    statistics = tuple(arg(op, i, k) for i, k in ((1, "running_mean"), (2, "running_var"),
+                                                   (3, "weight"), (4, "bias")))  # fmt: skip
+    shift = _cached_shift(statistics, float(arg(op, 7, "eps", 1e-5)))
     return Plan([Piece(BIAS, intercept=channel_view(shift, op.args[0].dim(), False))])
+
+
+_shifts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_shift(statistics: tuple, eps: float) -> Tensor:
+    """BatchNorm's shift, computed once per set of statistics and kept while none of them
+    changes (every tensor's version counter is part of the key)."""
+    var = statistics[1]
+    key = (eps, *((id(t), t._version) if isinstance(t, Tensor) else None for t in statistics))
+    cached = _shifts.get(var)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    shift = batchnorm_shift(*(detached(t) for t in statistics), eps)
+    if isinstance(var, Tensor):
+        _shifts[var] = (key, shift)
+    return shift
 
 
 def _hardtanh(op: Op, low: float, high: float) -> Plan | None:
