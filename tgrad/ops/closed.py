@@ -61,20 +61,22 @@ def _batch_norm(op: Op) -> Plan | None:
     return Plan([Piece(BIAS, intercept=channel_view(shift, op.args[0].dim(), False))])
 
 
-_shifts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_shifts: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 
 
 def _cached_shift(statistics: tuple, eps: float) -> Tensor:
     """BatchNorm's shift, computed once per set of statistics and kept while none of them
-    changes (every tensor's version counter is part of the key)."""
+    changes (every tensor's identity and version counter is part of the key; an entry goes
+    when its running variance is freed)."""
     var = statistics[1]
     key = (eps, *((id(t), t._version) if isinstance(t, Tensor) else None for t in statistics))
-    cached = _shifts.get(var)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    cached = _shifts.get(id(var))
+    if cached is not None and cached[0]() is var and cached[1] == key:
+        return cached[2]
     shift = batchnorm_shift(*(detached(t) for t in statistics), eps)
     if isinstance(var, Tensor):
-        _shifts[var] = (key, shift)
+        ident = id(var)
+        _shifts[ident] = (weakref.ref(var, lambda _, i=ident: _shifts.pop(i, None)), key, shift)
     return shift
 
 
