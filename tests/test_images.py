@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from tgrad import images
+from tgrad import image_limits, images
 from tgrad.images import (
     DECODE_BUDGET,
     MAX_ASPECT,
@@ -512,7 +512,7 @@ def test_big_array_is_downscaled():
 
 
 def test_pixel_limit_applies_to_arrays(monkeypatch):
-    monkeypatch.setattr(images, "MAX_PIXELS", 99)
+    monkeypatch.setattr(image_limits, "MAX_PIXELS", 99)  # where the limit is checked
     with pytest.raises(ImageLoadError, match="100 pixels"):
         load_image(np.zeros((10, 10), np.uint8))
 
