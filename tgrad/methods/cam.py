@@ -163,35 +163,36 @@ class ScoreCAM(CAM):
     """ScoreCAM: ``w = softmax over channels of y(x * M_c)``, with ``M_c`` channel c of the
     activation upsampled to the input (bilinear, align_corners=True as pytorch-grad-cam)
     and min-max normalised. One forward per channel, no hooks; channels whose activation
-    is constant give the same all-zero mask, evaluated once. The masked images of a chunk
-    are written into one buffer reused by every chunk; a chunk holds at most
-    ``batch_size`` (16) images and at most what the memory budget allows
-    (:mod:`tgrad.budget`)."""
+    is constant give the same all-zero mask, evaluated once. The masks and masked images are
+    built on the activation's device a chunk at a time, the images written in place into
+    one buffer reused by every chunk; a chunk holds at most ``batch_size`` (16) images and
+    at most what the memory budget allows (:mod:`tgrad.budget`)."""
 
     def channel_weights(self, a: Tensor, g: Tensor, record: Record) -> Tensor:
         model, x, target = self.setup.model, record.input, record.target
         batch, channels = a.shape[:2]
         size = input_size(record)
         lo, hi = torch.aminmax(a.flatten(2), dim=2)
-        varying = (hi > lo).nonzero().tolist()  # [(b, c)]; a constant channel's mask is 0
+        varying = (hi > lo).nonzero()  # [N, 2] (b, c); a constant channel's mask is 0
         scores = torch.empty(batch, channels, device=x.device, dtype=x.dtype)
         total = len(varying) + 1
         with torch.no_grad():
             zero = model(torch.zeros_like(x[:1]))[0]  # x * (all-zero mask)
             scores[:] = zero[target][:, None]
-            if not varying:
+            if not len(varying):
                 return torch.softmax(scores, dim=1)
             chunk = images_per_chunk(model, x, int(self.options["batch_size"]), gradients=False)
             chunk = min(chunk, len(varying))
             images = chunk_buffer(x, chunk)
             for start in range(0, len(varying), chunk):
-                bs, cs = torch.tensor(varying[start : start + chunk], device=x.device).T
+                bs, cs = varying[start : start + chunk].T
                 masks = F.interpolate(a[bs, cs][:, None], size, mode="bilinear", align_corners=True)
                 low, high = torch.aminmax(masks.flatten(1), dim=1)
                 masks.sub_(low[:, None, None, None]).div_((high - low + 1e-8)[:, None, None, None])
-                for j, (b, mask) in enumerate(zip(bs.tolist(), masks, strict=True)):
-                    torch.mul(x[b], mask, out=images[j])
-                logits = model(images[: len(bs)])
+                inputs = images[: len(bs)]
+                torch.index_select(x, 0, bs, out=inputs)  # the chunk's images, in place
+                inputs.mul_(masks)
+                logits = model(inputs)
                 scores[bs, cs] = logits.gather(1, target[bs][:, None])[:, 0]
                 del logits
                 self.setup.report("scorecam", start + len(bs) + 1, total)
