@@ -26,7 +26,11 @@ pytest.importorskip("captum")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
-MODELS = ("efficientnet_lite0", "vgg16", "resnet50")
+MODELS = (
+    pytest.param("efficientnet_lite0", marks=pytest.mark.slow),  # real weights, 224 px photos
+    "vgg16",  # random weights, 128 px
+    "resnet50",
+)
 SINGLE_PASS = [n for n, m in METHODS.items() if m.single_pass]
 
 
