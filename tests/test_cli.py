@@ -109,6 +109,7 @@ def test_several_images_in_one_call(tmp_path, capsys):
     assert code == 2 and "--out names one file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_explain_with_methods_writes_one_figure_and_times(tmp_path, capsys):
     images = [str(ASSETS / "coffee.jpg"), str(ASSETS / "chelsea.jpg")]
     out = tmp_path / "fig1.png"
@@ -154,6 +155,7 @@ def test_method_lists_are_written_the_same_way_in_every_command():
         assert method_names(listed) == ("tgrad", "gradcam", "vanilla"), argv
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_explain_methods_separated_by_spaces(tmp_path, capsys):
     out = tmp_path / "two.png"
     code = main(

@@ -31,6 +31,11 @@ MODELS = (
     "vgg16",  # random weights, 128 px
     "resnet50",
 )
+MANY_PASSES = (  # methods of many passes: one random net in the fast loop
+    MODELS[0],
+    "vgg16",
+    pytest.param("resnet50", marks=pytest.mark.slow),
+)
 SINGLE_PASS = [n for n, m in METHODS.items() if m.single_pass]
 
 
@@ -152,7 +157,7 @@ def test_gradients_agree_with_captum(single_pass_maps, method):
     assert_agrees(maps[method], captum_reduce(reference), f"{name} {method}")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MANY_PASSES)
 def test_integrated_gradients_and_smoothgrad_agree_with_captum(name, monkeypatch):
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -393,7 +398,7 @@ SCORECAM_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MANY_PASSES)
 def test_scorecam_agrees_with_pytorch_grad_cam(name):
     model, x, target, _ = case(name)
     size, layer = SCORECAM_CASES[name]
