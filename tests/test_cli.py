@@ -13,6 +13,7 @@ from tgrad.models import MODEL_NAMES
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_explain_prints_top5_and_a_complete_decomposition(tmp_path, capsys):
     out = tmp_path / "coffee.png"
     assert main(["explain", str(ASSETS / "coffee.jpg"), "--out", str(out)]) == 0
@@ -39,6 +40,7 @@ def test_explain_prints_top5_and_a_complete_decomposition(tmp_path, capsys):
     assert Image.open(tmp_path / "coffee_terms.png").size[0] > 600  # a bar per term
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_target_by_name(tmp_path, capsys):
     code = main(
         [
@@ -93,6 +95,7 @@ def test_out_dir_that_is_a_file(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_several_images_in_one_call(tmp_path, capsys):
     images = [str(ASSETS / "coffee.jpg"), str(ASSETS / "chelsea.jpg")]
     assert main(["explain", *images, "--out-dir", str(tmp_path)]) == 0
@@ -106,6 +109,7 @@ def test_several_images_in_one_call(tmp_path, capsys):
     assert code == 2 and "--out names one file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_explain_with_methods_writes_one_figure_and_times(tmp_path, capsys):
     images = [str(ASSETS / "coffee.jpg"), str(ASSETS / "chelsea.jpg")]
     out = tmp_path / "fig1.png"
@@ -151,6 +155,7 @@ def test_method_lists_are_written_the_same_way_in_every_command():
         assert method_names(listed) == ("tgrad", "gradcam", "vanilla"), argv
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_explain_methods_separated_by_spaces(tmp_path, capsys):
     out = tmp_path / "two.png"
     code = main(
@@ -182,6 +187,7 @@ def test_a_device_that_is_not_here_is_one_line(argv, tmp_path, capsys, monkeypat
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_integrated_gradients_reports_its_baseline_and_convergence_delta(
     tmp_path, capsys, one_torch_thread
 ):

@@ -420,6 +420,7 @@ def reference(folder, tmp_path_factory, one_thread) -> Path:
     return out
 
 
+@pytest.mark.slow  # a killed and rerun subprocess, real Lite0
 def test_cli_run_stopped_half_way_and_rerun_ends_with_the_same_table(
     folder, reference, tmp_path, one_thread, capsys
 ):
@@ -455,6 +456,7 @@ def test_cli_run_stopped_half_way_and_rerun_ends_with_the_same_table(
     assert _per_image(out) == _per_image(reference)
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_two_processes_write_the_table_of_one(folder, reference, tmp_path):
     out = tmp_path / "torchrun"
     command = [

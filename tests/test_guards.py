@@ -472,6 +472,7 @@ print(inside == ("ieee", "ieee") and still == inside, before == after, before)
 """
 
 
+@pytest.mark.slow  # a fresh process per scenario
 @pytest.mark.parametrize("scenario", ["default", "new", "legacy", "precision"])
 def test_the_tf32_guard_restores_the_callers_settings_under_either_api(scenario):
     # the flags need no GPU; each scenario in a fresh process (the settings are global)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from tgrad import images
+from tgrad import image_limits, images
 from tgrad.images import (
     DECODE_BUDGET,
     MAX_ASPECT,
@@ -244,6 +244,7 @@ def test_webp_limit_counts_the_decoders_copies():
     assert load_image(small).size == (2048, 2048)
 
 
+@pytest.mark.slow  # tens of MP encoded
 def test_tiff_limit_counts_the_strip_that_libtiff_reads_whole(tmp_path):
     """One strip (RowsPerStrip = height) doubles the decode: 100 MB of RGBA + 100 MB."""
     image = Image.new("RGBA", (5001, 5000), (10, 20, 30, 255))
@@ -265,6 +266,7 @@ def jpeg_header(width, height, **options):
     return bytes(data)
 
 
+@pytest.mark.slow  # tens of MP encoded
 def test_progressive_jpeg_counts_its_coefficient_buffer():
     """Drafting does not shrink libjpeg's whole-image coefficient buffer of a progressive
     JPEG: 2 bytes per sample at full size, 6 bytes a pixel at 4:4:4, 3 at 4:2:0."""
@@ -304,6 +306,7 @@ PEAK_SCRIPT = textwrap.dedent(
     ("mode", "side", "decoded_bytes_per_pixel"),
     [("I;16", 6000, 2), ("RGBA", 5000, 4)],  # 16-bit gray; transparent RGBA
 )
+@pytest.mark.slow  # a fresh process per image, tens of MP
 def test_peak_memory_of_decoding_is_the_decoded_image_plus_a_small_margin(
     tmp_path, mode, side, decoded_bytes_per_pixel
 ):
@@ -512,7 +515,7 @@ def test_big_array_is_downscaled():
 
 
 def test_pixel_limit_applies_to_arrays(monkeypatch):
-    monkeypatch.setattr(images, "MAX_PIXELS", 99)
+    monkeypatch.setattr(image_limits, "MAX_PIXELS", 99)  # where the limit is checked
     with pytest.raises(ImageLoadError, match="100 pixels"):
         load_image(np.zeros((10, 10), np.uint8))
 

@@ -109,6 +109,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.slow  # a fresh process
 def test_tgrad_and_the_explorer_work_without_the_optional_libraries():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TGRAD_OFFLINE": "1", "MPLBACKEND": "Agg"}
     run = subprocess.run(

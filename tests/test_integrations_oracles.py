@@ -81,6 +81,7 @@ def our_cascade(model, x, target, monkeypatch) -> list:
     return list(cascade(model, x, target, "tgrad", groups=quantus_layers(model)))
 
 
+@pytest.mark.slow  # full-resolution model, many passes
 def test_quantus_mprt_equals_our_cascade_on_lite0(monkeypatch):
     loaded = load_model("efficientnet_lite0")
     x = loaded.preprocessing(load_image(ASSETS / "coffee.jpg"))[None]
@@ -98,6 +99,7 @@ def test_quantus_mprt_equals_our_cascade_on_lite0(monkeypatch):
     assert ours[1:].min() < 0.5  # not a test of two constant curves: the map does change
 
 
+@pytest.mark.slow  # full-resolution model, many passes
 def test_quantus_mprt_equals_our_cascade_on_a_random_resnet_until_its_maps_vanish(
     monkeypatch,
 ):
@@ -129,6 +131,7 @@ ROAD_PERCENTILES = (20, 50, 80)
 ID_STEPS = 8  # a coarse insertion/deletion curve: the ordering, not the paper's numbers
 
 
+@pytest.mark.slow  # full-resolution model, many passes
 def test_road_orders_t_grad_and_a_random_map_as_insertion_deletion_does():
     pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.metrics.road import ROADCombined

@@ -23,7 +23,13 @@ PHOTOS = ["coffee.jpg", "chelsea.jpg", "astronaut.jpg", "rocket.jpg"]
 LITE_BLOCKS = {"efficientnet_lite0": 16, "efficientnet_lite1": 21, "efficientnet_lite2": 21}
 
 
-@pytest.fixture(scope="module", params=list(LITE_BLOCKS))
+# Lite1 and Lite2 at full resolution are slow; Lite0 stays in the fast loop
+MODELS = [
+    n if n == "efficientnet_lite0" else pytest.param(n, marks=pytest.mark.slow) for n in LITE_BLOCKS
+]
+
+
+@pytest.fixture(scope="module", params=MODELS)
 def lite(request):
     return load_model(request.param)
 

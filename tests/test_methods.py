@@ -26,7 +26,16 @@ pytest.importorskip("captum")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
-MODELS = ("efficientnet_lite0", "vgg16", "resnet50")
+MODELS = (
+    pytest.param("efficientnet_lite0", marks=pytest.mark.slow),  # real weights, 224 px photos
+    "vgg16",  # random weights, 128 px
+    "resnet50",
+)
+MANY_PASSES = (  # methods of many passes: one random net in the fast loop
+    MODELS[0],
+    "vgg16",
+    pytest.param("resnet50", marks=pytest.mark.slow),
+)
 SINGLE_PASS = [n for n, m in METHODS.items() if m.single_pass]
 
 
@@ -148,7 +157,7 @@ def test_gradients_agree_with_captum(single_pass_maps, method):
     assert_agrees(maps[method], captum_reduce(reference), f"{name} {method}")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MANY_PASSES)
 def test_integrated_gradients_and_smoothgrad_agree_with_captum(name, monkeypatch):
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -389,7 +398,7 @@ SCORECAM_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MANY_PASSES)
 def test_scorecam_agrees_with_pytorch_grad_cam(name):
     model, x, target, _ = case(name)
     size, layer = SCORECAM_CASES[name]

@@ -9,7 +9,7 @@ from torch import nn
 
 from tests.nets import perturb, small_cnn
 from tests.test_tgrad import Exploding, hooks_left
-from tgrad.methods import METHODS, explain
+from tgrad.methods import METHODS, Pass, explain
 from tgrad.methods.cam import default_layer
 
 NAMES = (
@@ -62,6 +62,80 @@ def test_registry():
         METHODS["smoothgrad"].options["samples"] = 1  # read-only
 
 
+NEEDS = {  # SPEC 3's methods and what each reads, written out by hand
+    "tgrad": Pass.GRADIENTS,  # the gradients at every term
+    "gradcam": Pass.GRADIENTS,  # dy/dA at its layer
+    "gradcam++": Pass.GRADIENTS,
+    "xgradcam": Pass.GRADIENTS,
+    "eigencam": Pass.FORWARD,  # the activation alone
+    "scorecam": Pass.OWN,  # one forward per channel
+    "fullgrad": Pass.GRADIENTS,
+    "vanilla": Pass.BACKWARD,  # dy/dx
+    "input_x_gradient": Pass.BACKWARD,
+    "integrated_gradients": Pass.OWN,  # dy/dx along a path
+    "smoothgrad": Pass.OWN,  # dy/dx at noisy copies
+    "guided_backprop": Pass.OWN,  # a rewritten backward
+    "random": Pass.FORWARD,  # the input's size
+    "edge": Pass.FORWARD,  # the input's values
+}
+
+
+def test_each_method_declares_once_what_pass_it_needs():
+    assert set(NEEDS) == set(METHODS)
+    for name, info in METHODS.items():
+        assert info.needs is NEEDS[name], name
+        assert info.single_pass == (NEEDS[name] is not Pass.OWN), name
+    assert {n for n, p in NEEDS.items() if p.backward} == {
+        n for n, p in NEEDS.items() if p in (Pass.BACKWARD, Pass.GRADIENTS)
+    }
+
+
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _CountBackward.count += 1
+        return grad
+
+
+class BackwardCounter(nn.Module):
+    """Counts the backward passes that reach the model's input (the first conv's input)."""
+
+    def forward(self, x):
+        return _CountBackward.apply(x)
+
+
+def counted(model):
+    _CountBackward.count = 0
+    return nn.Sequential(BackwardCounter(), model).eval()
+
+
+@pytest.mark.parametrize(
+    ("methods", "backwards"),
+    [
+        ("guided_backprop", 1),  # its own backward; the shared pass is a forward for it
+        ("eigencam", 0),  # the activation alone; its layer found by a forward
+        ("gradcam", 1),  # the shared backward only: its layer found by a forward
+        (("vanilla", "gradcam", "eigencam"), 1),
+        (("vanilla", "guided_backprop"), 2),  # the shared backward and its own
+        ("random", 0),
+    ],
+)
+def test_backward_passes_reaching_the_input(methods, backwards):
+    model, x = counted(small_cnn()), batch()
+    explain(model, x, methods=methods)
+    assert _CountBackward.count == backwards
+
+
+def test_the_cam_layer_is_found_without_a_backward():
+    model, x = counted(small_cnn()), batch()
+    assert default_layer(model, x) == "1.act2"
+    assert _CountBackward.count == 0
+
+
 def batch(seed=0, n=3):
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
@@ -74,7 +148,7 @@ def test_shapes_device_and_layers():
         assert m.shape == (3, 16, 16), name
         assert m.device == x.device and m.dtype == x.dtype
         assert torch.isfinite(m).all(), name
-    cams = {n for n in NAMES if METHODS[n].family == "cam"}
+    cams = {n for n in METHODS if METHODS[n].family == "cam"}
     assert maps.layers == dict.fromkeys(cams, "act2")  # in-place ReLU6 feeding the pooling
     assert set(maps.seconds) == set(METHODS) and maps.pass_seconds > 0
     assert torch.equal(maps.target, maps.logits.argmax(1))

@@ -380,6 +380,7 @@ def lite0_maps():
     return lite0.module, x, tgrad, random
 
 
+@pytest.mark.slow  # real Lite0 at 224 px
 def test_lite0_tgrad_beats_a_random_map_on_insertion(lite0_maps):
     model, x, tgrad, random = lite0_maps
     ours = insertion_deletion(model, x, tgrad, n_steps=LITE0_STEPS)

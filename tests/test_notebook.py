@@ -26,6 +26,7 @@ def test_the_notebook_is_stored_without_outputs():
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.slow  # the notebook in a kernel
 def test_the_notebook_runs_and_its_decomposition_adds_up(monkeypatch):
     monkeypatch.setenv("TGRAD_OFFLINE", "1")  # the kernel inherits the environment
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the notebook draws inline

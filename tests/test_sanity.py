@@ -380,6 +380,7 @@ def lite0_coffee_cascade():
     return steps, curves
 
 
+@pytest.mark.slow  # real Lite0 at 224 px, a 20-step cascade
 def test_lite0_tgrad_fails_randomization_guided_backprop_survives(lite0_coffee_cascade):
     steps, curves = lite0_coffee_cascade
     tgrad, guided = curves["tgrad"], curves["guided_backprop"]

@@ -88,6 +88,7 @@ def test_pretrained_weights_load_offline_from_the_hugging_face_cache(tmp_path):
     assert done.stdout.split() == ["True", "True", "True"]
 
 
+@pytest.mark.slow  # three timm models through the CLI
 def test_the_cli_takes_timm_models_and_says_how_each_model_is_exact(tmp_path, capsys):
     from tgrad.cli import main
 

@@ -10,6 +10,7 @@ right (or a wrong) hash prefix.
 import hashlib
 import io
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def test_a_transfer_that_ends_short_is_refused(hub, monkeypatch):
         response.headers = {"Content-Length": "100"}
         return response
 
-    monkeypatch.setattr(models.urllib.request, "urlopen", short)
+    monkeypatch.setattr(urllib.request, "urlopen", short)
     offer(monkeypatch, hub, "https://example.invalid/w.pth", "mobilenet_v2.pth")
     with pytest.raises(WeightsUnavailableError, match="ended after 60 of 100 bytes"):
         load_model("mobilenet_v2", download=True, progress=lambda *c: None)
@@ -258,6 +259,6 @@ def test_zoo_leaves_out_a_broken_package(hub, monkeypatch):
 
 def test_zoo_is_cheap_and_never_downloads(hub, monkeypatch):
     monkeypatch.setattr(models, "_fetch", refuse)
-    monkeypatch.setattr(models.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
     assert len(models.zoo(allow_downloads=True)) == len(MODEL_NAMES)
     assert not Path(hub).exists()

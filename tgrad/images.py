@@ -26,13 +26,24 @@ from __future__ import annotations
 
 import codecs
 import io
-import math
 import os
 import stat
 from typing import IO
 
 import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
+
+from tgrad.image_limits import (
+    DECODE_BUDGET,
+    MAX_ASPECT,
+    MAX_PIXELS,
+    MAX_SIDE,
+    ImageLoadError,
+    _check_cost,
+    _check_size,
+    _fitted_size,
+)
+from tgrad.image_limits import _decode_cost as _decode_cost  # benchmarks/bench_memory.py
 
 __all__ = [
     "DECODE_BUDGET",
@@ -44,50 +55,30 @@ __all__ = [
     "load_image",
 ]
 
-MAX_PIXELS: int = 64_000_000
-MAX_SIDE: int = 2048
-MAX_ASPECT: int = 20
-"""The longest side may be at most this many times the shortest. A classifier resizes
-the *shorter* side (to 256 px for EfficientNet-Lite0, drawn at up to three times that in
-the explorer), so a strip of a few hundred bytes, 30000 x 2 px, would become an image
-hundreds of thousands of pixels long and cost gigabytes; at 20:1 the longest resize
-(876 px x 20 for Lite2 drawn at 3x) holds 15 MP. Panoramas (up to about 10:1) pass."""
-
-# What the decoder may hold at once, in bytes. The target is one explanation adding less
-# than 300 MB to the server. On top of the decoder's buffer come the image reduced by an
-# integer factor (under (1.5 * 2048)**2 * 4 = 38 MB once the image is over twice the
-# target; a smaller one is copied whole, but then it decodes to under 67 MB), the bands
-# being converted (~15 MB) and malloc's slack: measured, about 40 MB. The full-size image
-# is freed before the final LANCZOS resize, and the explanation of the 224 x 224 input
-# itself peaks at about 130 MB. PIL keeps RGB, RGBA, LA, CMYK, I and F at 4 bytes a pixel,
-# so RGB/RGBA PNGs and TIFFs stop at 50 MP (~240 MB measured), 16-bit grayscale (2 bytes)
-# and 8-bit grayscale or palette (1 byte) at MAX_PIXELS; a JPEG is decoded at 1/2 .. 1/8
-# scale and fits easily unless progressive (see _decode_cost).
-DECODE_BUDGET: int = 200_000_000
 
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "JPEG2000")
 """The only decoders a file is offered to. Pillow would otherwise try every plugin it has,
 EPS among them (which runs Ghostscript when it is installed) and many rarely used, little
 fuzzed ones; photos come in these formats, whose decoding costs were measured."""
 
+
 ImageSource = (
     str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 )
 
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
-# Decoders that hold several full-size buffers at once, in units of the decoded mode's
-# bytes per pixel (bench_memory.py, 50 MP RGB unless said: decode peak less ~40 MB of our
-# own, over 4 bytes x pixels). libwebp's animation decoder keeps its canvas, the previous
-# canvas and the frame, and PIL copies them into a bytes object and the image (7.1 MP
-# RGBA: ~5, counted 7). OpenJPEG holds every component as int32 (RGB: 18 bytes a pixel,
-# 4.5; RGBA would be 5). libavif holds the YUV planes (16-bit for 10/12-bit files) and an
-# RGBA buffer before PIL's copies (8-bit 4:2:0: 8.4 bytes, 2.1; 12-bit 4:4:4 estimated
-# at ~18 bytes: 4.5).
-_DECODER_COPIES = {"WEBP": 7, "JPEG2000": 5, "AVIF": 5}
+
+
 _BAND_PIXELS = 1 << 20  # pixels converted at a time: 4 MB per band of RGBA
+
+
 _UNREADABLE = "cannot be read as an image."
+
+
 _ORIENTATION = {  # EXIF orientation -> the transpose that makes the image upright
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -97,10 +88,6 @@ _ORIENTATION = {  # EXIF orientation -> the transpose that makes the image uprig
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-class ImageLoadError(ValueError):
-    """The input cannot be turned into an image; the message is meant for an end user."""
 
 
 def load_image(source: ImageSource) -> Image.Image:
@@ -222,87 +209,6 @@ def _decode(image: Image.Image) -> None:
         ) from error
 
 
-def _check_size(size: tuple[int, int]) -> None:
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise ImageLoadError(f"The image is empty ({width} x {height} pixels).")
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageLoadError(
-            f"The image is {width} x {height} pixels: one side is more than {MAX_ASPECT} "
-            f"times the other, the limit. Please crop it closer to a square."
-        )
-    _refuse_above(size, MAX_PIXELS)
-
-
-def _refuse_above(size: tuple[int, int], limit: int) -> None:
-    width, height = size
-    if width * height > limit:
-        raise ImageLoadError(
-            f"The image is {width} x {height} = {width * height:,} pixels, more than the "
-            f"limit of {limit:,} pixels for this kind of image. Please use a smaller image."
-        )
-
-
-def _check_cost(image: Image.Image, full_size: tuple[int, int]) -> None:
-    """Refuse, from the header, an image whose decoding would exceed DECODE_BUDGET.
-
-    The message states the pixel limit for this kind of image: the budget divided by the
-    bytes that one pixel of the file costs to decode.
-    """
-    cost = _decode_cost(image, full_size)
-    if cost > DECODE_BUDGET:
-        pixels = full_size[0] * full_size[1]
-        _refuse_above(full_size, DECODE_BUDGET * pixels // cost)
-
-
-def _decode_cost(image: Image.Image, full_size: tuple[int, int]) -> int:
-    """Bytes the decoder holds at once for ``image`` (opened, not loaded, draft applied).
-
-    PIL stores a pixel in 1 byte (1, L, P), 2 bytes (I;16) or 4 bytes (all other modes,
-    RGB included); some decoders hold several such buffers (_DECODER_COPIES). libjpeg
-    decodes a progressive JPEG through a whole-image buffer of DCT coefficients, 2 bytes
-    per sample at *full* size whatever the draft scale (a 4:2:0 colour JPEG has 1.5
-    samples per pixel, 4:4:4 has 3, CMYK 4). libtiff reads a whole strip or tile at once.
-    """
-    width, height = image.size
-    bytes_per_pixel = 1 if image.mode in _ONE_BYTE_MODES else 2 if "I;16" in image.mode else 4
-    cost = width * height * bytes_per_pixel * _DECODER_COPIES.get(image.format or "", 1)
-    if isinstance(image, JpegImagePlugin.JpegImageFile) and image.info.get("progressive"):
-        h_max = max(h for _, h, _, _ in image.layer)
-        v_max = max(v for _, _, v, _ in image.layer)
-        samples = sum(h * v for _, h, v, _ in image.layer) / (h_max * v_max)
-        cost += math.ceil(2 * samples * full_size[0] * full_size[1])
-    if image.format == "TIFF":
-        cost += _tiff_chunk_bytes(image)
-    return cost
-
-
-def _tiff_chunk_bytes(image: Image.Image) -> int:
-    """Bytes of one strip or tile, which libtiff reads whole into a buffer of its own.
-
-    A TIFF written as one strip (RowsPerStrip = height) doubles the decode: measured,
-    a 36 MP one-strip RGBA TIFF needs 282 MB, the same with 64 kB strips 196 MB.
-    """
-    tags = image.tag_v2  # type: ignore[attr-defined]
-    width, height = image.size
-    bits = tags.get(258, 1)  # BitsPerSample: one value per sample, or one for all
-    bits_per_pixel = sum(bits) if isinstance(bits, tuple) else bits * tags.get(277, 1)
-    if 322 in tags:  # TileWidth x TileLength
-        pixels = tags[322] * tags.get(323, 1)
-    else:
-        pixels = width * min(tags.get(278, height), height)  # RowsPerStrip
-    return math.ceil(pixels * bits_per_pixel / 8)
-
-
-def _fitted_size(size: tuple[int, int]) -> tuple[int, int]:
-    """``size`` scaled so that its longest side is MAX_SIDE (unchanged if it fits)."""
-    width, height = size
-    scale = MAX_SIDE / max(width, height)
-    if scale >= 1:
-        return size
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def _finish(image: Image.Image) -> Image.Image:
     """Decoded image of any mode -> a NEW upright, 8-bit RGB image, longest side <= MAX_SIDE."""
     return _fit(*_shrink(image))
@@ -398,7 +304,11 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
 
 
 _EMPTY = "empty"
+
+
 _SVG = "svg"
+
+
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"PK\x03\x04", "a zip archive"),

@@ -10,11 +10,15 @@ are in ``METHODS[name].options``. Integrated Gradients' default baseline is a bl
 image, made with the model's preprocessing: pass ``options=preprocessing_options(
 loaded.preprocessing)`` (or name another baseline) when it is asked for.
 
-Every method that needs one forward and one backward (``METHODS[name].single_pass``) is
-computed from one shared capture pass, however many are asked for; ScoreCAM, Integrated
-Gradients and SmoothGrad then run their own chunked forwards and report progress through
-``progress(method, done, total)``. ``maps.convergence_delta["integrated_gradients"]`` is
-IG's ``sum(attribution) - (y(x) - y(baseline))`` per sample.
+Each method declares once what it needs of the one shared capture pass
+(``METHODS[name].needs``, a :class:`~tgrad.methods.base.Pass`: forward only, the shared
+backward, gradients kept, or its own pass). Every method computed from the shared pass
+alone (``METHODS[name].single_pass``) costs no pass of its own, however many are asked
+for; the backward runs only when one of them needs it. ScoreCAM, Integrated Gradients,
+SmoothGrad and Guided Backprop then run their own passes (the first three chunked,
+reporting progress through ``progress(method, done, total)``).
+``maps.convergence_delta["integrated_gradients"]`` is IG's
+``sum(attribution) - (y(x) - y(baseline))`` per sample.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from tgrad.capture import Target
-from tgrad.methods.base import Method, Progress, Setup, shared_pass
+from tgrad.methods.base import Method, Pass, Progress, Setup, shared_pass
 from tgrad.methods.bias import FullGrad, TGradMethod
 from tgrad.methods.cam import CAM, EigenCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
 from tgrad.methods.controls import CONTROL, EdgeMap, RandomMap
@@ -48,20 +52,25 @@ class MethodInfo:
     name: str
     family: str
     """``"bias"``, ``"cam"``, ``"gradient"``, or ``"control"`` (tgrad.methods.controls)."""
-    single_pass: bool
-    """Computed from the shared forward + backward alone (no forwards of its own)."""
+    needs: Pass
+    """What it needs of the shared pass (the one place that says it)."""
     description: str
     """One line for a user interface."""
     options: Mapping[str, Any]
     """Its options with their defaults (read-only)."""
     build: Callable[[Setup, dict], Method] = field(repr=False)
 
+    @property
+    def single_pass(self) -> bool:
+        """Computed from the shared pass alone (no forwards of its own)."""
+        return self.needs.single
+
 
 _CAM_LAYER = {"layer": None}  # None: SPEC 3's rule (tgrad.methods.cam.default_layer)
 
 
-def _info(name, family, single_pass, description, build, **options) -> MethodInfo:
-    return MethodInfo(name, family, single_pass, description, MappingProxyType(options), build)
+def _info(name, family, needs, description, build, **options) -> MethodInfo:
+    return MethodInfo(name, family, needs, description, MappingProxyType(options), build)
 
 
 METHODS: Mapping[str, MethodInfo] = MappingProxyType(
@@ -71,7 +80,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "tgrad",
                 "bias",
-                True,
+                Pass.GRADIENTS,
                 "T-Grad: the logit's input and bias terms, layer maps weighted by their share",
                 TGradMethod,
                 strict=True,
@@ -79,7 +88,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "gradcam",
                 "cam",
-                True,
+                Pass.GRADIENTS,
                 "GradCAM: last conv activations weighted by their mean gradient",
                 CAM,
                 **_CAM_LAYER,
@@ -87,7 +96,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "gradcam++",
                 "cam",
-                True,
+                Pass.GRADIENTS,
                 "GradCAM++: channel weights from positive gradients, 2nd/3rd-order terms",
                 GradCAMPlusPlus,
                 **_CAM_LAYER,
@@ -95,7 +104,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "xgradcam",
                 "cam",
-                True,
+                Pass.GRADIENTS,
                 "XGradCAM: gradients weighted by the normalised activations",
                 XGradCAM,
                 **_CAM_LAYER,
@@ -103,7 +112,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "eigencam",
                 "cam",
-                True,
+                Pass.FORWARD,
                 "EigenCAM: first principal component of the activations (no gradient), "
                 "its sign corrected so the largest magnitude is positive",
                 EigenCAM,
@@ -112,7 +121,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "scorecam",
                 "cam",
-                False,
+                Pass.OWN,
                 "ScoreCAM: channels weighted by the class score of the image masked by each",
                 ScoreCAM,
                 **_CAM_LAYER,
@@ -121,28 +130,28 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "fullgrad",
                 "bias",
-                True,
+                Pass.GRADIENTS,
                 "FullGrad: input x gradient plus every layer's bias x gradient, normalised",
                 FullGrad,
             ),
             _info(
                 "vanilla",
                 "gradient",
-                True,
+                Pass.BACKWARD,
                 "Vanilla gradient: how the logit changes with each pixel",
                 InputGradient,
             ),
             _info(
                 "input_x_gradient",
                 "gradient",
-                True,
+                Pass.BACKWARD,
                 "Input x Gradient: each pixel times its gradient",
                 InputXGradient,
             ),
             _info(
                 "integrated_gradients",
                 "gradient",
-                False,
+                Pass.OWN,
                 "Integrated Gradients: gradients along the straight path from a baseline "
                 "(a black image unless named), trapezoid rule",
                 IntegratedGradients,
@@ -154,7 +163,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "smoothgrad",
                 "gradient",
-                False,
+                Pass.OWN,
                 "SmoothGrad: gradients averaged over noisy copies of the image",
                 SmoothGrad,
                 samples=50,
@@ -166,7 +175,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "guided_backprop",
                 "gradient",
-                False,
+                Pass.OWN,
                 "Guided Backprop: the gradient with only positive gradients passed back "
                 "through every rectifier",
                 GuidedBackprop,
@@ -174,7 +183,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "random",
                 CONTROL,
-                True,
+                Pass.FORWARD,
                 "Random (control): a seeded uniform map, the floor every method should beat",
                 RandomMap,
                 seed=0,
@@ -182,7 +191,7 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             _info(
                 "edge",
                 CONTROL,
-                True,
+                Pass.FORWARD,
                 "Edge detector (control): the photo's Sobel edges, blind to the model",
                 EdgeMap,
             ),
@@ -269,7 +278,7 @@ def explain(
     setup = Setup(model, x, names, progress)
     built = {n: METHODS[n].build(setup, _options(n, options.get(n))) for n in names}
     start = time.perf_counter()
-    record = shared_pass(model, x, target, built.values())
+    record = shared_pass(model, x, target, ((m, METHODS[n].needs) for n, m in built.items()))
     maps = Maps()
     maps.pass_seconds = time.perf_counter() - start
     maps.layers = {n: m.layer for n, m in built.items() if isinstance(m, CAM)}
@@ -295,4 +304,12 @@ def preprocessing_options(preprocessing: Any) -> dict[str, dict[str, Any]]:
     return {"integrated_gradients": {"preprocessing": preprocessing}}
 
 
-__all__ = ["METHODS", "Maps", "MethodInfo", "explain", "preprocessing_options", "resolve_methods"]
+__all__ = [
+    "METHODS",
+    "Maps",
+    "MethodInfo",
+    "Pass",
+    "explain",
+    "preprocessing_options",
+    "resolve_methods",
+]

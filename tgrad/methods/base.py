@@ -17,6 +17,7 @@ dispatches each gradient to the methods that watch its module, by module identit
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +28,34 @@ from tgrad.capture import Call, Keep, OnGrad, OnOp, OnUnseen, Record, Target, ca
 
 Progress = Callable[[str, int, int], None]
 """``progress(method, done, total)``: called by the methods that run many forwards."""
+
+
+class Pass(enum.Enum):
+    """What a method needs of the shared pass: the one declaration of the registry
+    (``METHODS[name].needs``) that the pass, the explorer and the CLI read."""
+
+    FORWARD = "forward only"
+    """The watched activations, the input and the target; no backward (EigenCAM, the
+    controls)."""
+    BACKWARD = "shared backward"
+    """The input gradient dy/dx of the shared backward (Vanilla, Input x Gradient)."""
+    GRADIENTS = "gradients kept"
+    """The shared backward with the gradients at its watched modules (or operations)
+    kept (T-Grad, FullGrad, GradCAM, GradCAM++, XGradCAM)."""
+    OWN = "its own pass"
+    """Forwards (and backwards) of its own; the shared pass, a forward only for it, gives
+    its activations and the target (ScoreCAM, Integrated Gradients, SmoothGrad, Guided
+    Backprop)."""
+
+    @property
+    def single(self) -> bool:
+        """Computed from the shared pass alone."""
+        return self is not Pass.OWN
+
+    @property
+    def backward(self) -> bool:
+        """The shared pass must run a backward for it."""
+        return self in (Pass.BACKWARD, Pass.GRADIENTS)
 
 
 def activation(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
@@ -72,19 +101,22 @@ class Setup:
             self.progress(method, done, total)
 
 
-def shared_pass(model: nn.Module, x: Tensor, target: Target, methods: Iterable[Method]) -> Record:
+def shared_pass(
+    model: nn.Module, x: Tensor, target: Target, methods: Iterable[tuple[Method, Pass]]
+) -> Record:
     """One forward + backward recording what every method watches.
 
-    A gradient is given to each method watching its module (once per distinct
-    ``on_grad``) and kept in the record if any of them keeps it. When no method needs the
-    pass's gradients (attribute ``needs_backward = False``: EigenCAM, ScoreCAM, Integrated
-    Gradients, SmoothGrad), the pass is a forward alone.
+    ``methods`` pairs each method with what it needs (:class:`Pass`). The backward runs
+    only when some method needs it (:attr:`Pass.backward`); a gradient is then given to
+    each method that keeps gradients (:attr:`Pass.GRADIENTS`) and watches its module (once
+    per distinct ``on_grad``), and kept in the record if any of them keeps it. The other
+    methods' watched modules keep their activations alone.
     """
     methods = list(methods)
     watch: dict[nn.Module, Keep | None] = {}
     handlers: dict[nn.Module, dict[int, OnGrad | None]] = {}
-    for method in methods:
-        on_grad = method.on_grad()
+    for method, needs in methods:
+        on_grad = method.on_grad() if needs is Pass.GRADIENTS else no_grad_kept
         for module, keep in method.watch(model).items():
             watch[module] = merge_keeps(watch[module], keep) if module in watch else keep
             handlers.setdefault(module, {})[id(on_grad)] = on_grad
@@ -97,9 +129,9 @@ def shared_pass(model: nn.Module, x: Tensor, target: Target, methods: Iterable[M
                 kept = result
         return kept
 
-    gradients = any(getattr(m, "needs_backward", True) for m in methods)
+    gradients = any(needs.backward for _, needs in methods)
     watchers: list[tuple[OnOp, OnUnseen]] = []
-    for method in methods:
+    for method, _ in methods:
         found = _op_watch(method)
         if found is not None and found not in watchers:  # bound methods of one collector
             watchers.append(found)
@@ -138,6 +170,7 @@ def no_grad_kept(call: Call, grad: Tensor) -> None:
 
 __all__ = [
     "Method",
+    "Pass",
     "Progress",
     "Setup",
     "activation",

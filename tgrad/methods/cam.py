@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from tgrad.budget import chunk_buffer, images_per_chunk
 from tgrad.capture import Keep, OnGrad, Record, capture
-from tgrad.methods.base import Setup, activation, calls_of, input_size, no_grad_kept
+from tgrad.methods.base import Setup, activation, calls_of, input_size
 from tgrad.tgrad import upsample
 
 GLOBAL_POOLING = (
@@ -47,8 +47,8 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
 
     A container returns after its children, so it wins over its last child with the
     same output: VGG -> ``features``, ResNet -> ``layer4``, EfficientNet-Lite0 -> its head
-    activation ``_act1``. Found with one pass on one sample, remembered per model and
-    input shape.
+    activation ``_act1``. Found with one forward on one sample (no backward), remembered
+    per model and input shape.
     """
     key = tuple(x.shape[1:])
     with _layer_lock:
@@ -56,9 +56,7 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     if cached is not None:
         return cached
     names = {m: n for n, m in model.named_modules() if n}
-    record = capture(
-        model, x[:1], None, dict.fromkeys(names, _shape), on_grad=lambda call, grad: None
-    )
+    record = capture(model, x[:1], None, dict.fromkeys(names, _shape), gradients=False)
     chosen = None
     for call in record.calls:
         if isinstance(call.module, GLOBAL_POOLING):
@@ -87,24 +85,17 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
 class CAM:
     """GradCAM: ``w_c = mean over (h,w) of dy/dA_c``. Subclasses change the weights."""
 
-    needs_grad = True
-    """Whether the map needs dy/dA (the shared pass then runs a backward)."""
-
     def __init__(self, setup: Setup, options: dict) -> None:
         self.setup = setup
         self.options = options
         self.layer: str = options["layer"] or default_layer(setup.model, setup.x)
         self.module = find_module(setup.model, self.layer)
 
-    @property
-    def needs_backward(self) -> bool:
-        return self.needs_grad
-
     def watch(self, model: nn.Module) -> dict[nn.Module, Keep | None]:
         return {self.module: activation}
 
     def on_grad(self) -> OnGrad | None:
-        return None if self.needs_grad else no_grad_kept
+        return None  # dy/dA kept whole, when the registry says the method keeps gradients
 
     def channel_weights(self, a: Tensor, g: Tensor, record: Record) -> Tensor:
         return g.mean((2, 3))
@@ -157,8 +148,6 @@ class EigenCAM(CAM):
     ``get_2d_projection_with_sign_correction``), the same on every device.
     """
 
-    needs_grad = False
-
     def layer_map(self, a: Tensor, g: Tensor, record: Record) -> Tensor:
         batch, _, h, w = a.shape
         rows = a.nan_to_num(0.0).flatten(2).transpose(1, 2)  # [B, hw, C]
@@ -174,37 +163,36 @@ class ScoreCAM(CAM):
     """ScoreCAM: ``w = softmax over channels of y(x * M_c)``, with ``M_c`` channel c of the
     activation upsampled to the input (bilinear, align_corners=True as pytorch-grad-cam)
     and min-max normalised. One forward per channel, no hooks; channels whose activation
-    is constant give the same all-zero mask, evaluated once. The masked images of a chunk
-    are written into one buffer reused by every chunk; a chunk holds at most
-    ``batch_size`` (16) images and at most what the memory budget allows
-    (:mod:`tgrad.budget`)."""
-
-    needs_grad = False
+    is constant give the same all-zero mask, evaluated once. The masks and masked images are
+    built on the activation's device a chunk at a time, the images written in place into
+    one buffer reused by every chunk; a chunk holds at most ``batch_size`` (16) images and
+    at most what the memory budget allows (:mod:`tgrad.budget`)."""
 
     def channel_weights(self, a: Tensor, g: Tensor, record: Record) -> Tensor:
         model, x, target = self.setup.model, record.input, record.target
         batch, channels = a.shape[:2]
         size = input_size(record)
         lo, hi = torch.aminmax(a.flatten(2), dim=2)
-        varying = (hi > lo).nonzero().tolist()  # [(b, c)]; a constant channel's mask is 0
+        varying = (hi > lo).nonzero()  # [N, 2] (b, c); a constant channel's mask is 0
         scores = torch.empty(batch, channels, device=x.device, dtype=x.dtype)
         total = len(varying) + 1
         with torch.no_grad():
             zero = model(torch.zeros_like(x[:1]))[0]  # x * (all-zero mask)
             scores[:] = zero[target][:, None]
-            if not varying:
+            if not len(varying):
                 return torch.softmax(scores, dim=1)
             chunk = images_per_chunk(model, x, int(self.options["batch_size"]), gradients=False)
             chunk = min(chunk, len(varying))
             images = chunk_buffer(x, chunk)
             for start in range(0, len(varying), chunk):
-                bs, cs = torch.tensor(varying[start : start + chunk], device=x.device).T
+                bs, cs = varying[start : start + chunk].T
                 masks = F.interpolate(a[bs, cs][:, None], size, mode="bilinear", align_corners=True)
                 low, high = torch.aminmax(masks.flatten(1), dim=1)
                 masks.sub_(low[:, None, None, None]).div_((high - low + 1e-8)[:, None, None, None])
-                for j, (b, mask) in enumerate(zip(bs.tolist(), masks, strict=True)):
-                    torch.mul(x[b], mask, out=images[j])
-                logits = model(images[: len(bs)])
+                inputs = images[: len(bs)]
+                torch.index_select(x, 0, bs, out=inputs)  # the chunk's images, in place
+                inputs.mul_(masks)
+                logits = model(inputs)
                 scores[bs, cs] = logits.gather(1, target[bs][:, None])[:, 0]
                 del logits
                 self.setup.report("scorecam", start + len(bs) + 1, total)

@@ -12,9 +12,9 @@ better than chance?":
   model.
 
 Neither registers a hook, reads a gradient, or runs a pass of its own: each is a function
-of the input's shape or values in the record (``needs_backward = False``, so a call of
-:func:`tgrad.methods.explain` asking only for controls runs the model forward once, for
-the target, and never backward).
+of the input's shape or values in the record (the registry says ``Pass.FORWARD``, so a
+call of :func:`tgrad.methods.explain` asking only for controls runs the model forward
+once, for the target, and never backward).
 """
 
 from __future__ import annotations
@@ -83,8 +83,6 @@ class RandomMap(WatchesNothing):
     ``seed`` (0). Every image of a batch gets the same map, so a batch gives the maps of
     its images one by one; the map depends on nothing but the seed and the size."""
 
-    needs_backward = False
-
     def attribute(self, record: Record) -> Tensor:
         x = record.input
         noise = uniform_map(tuple(x.shape[-2:]), self.options["seed"])
@@ -95,8 +93,6 @@ class EdgeMap(WatchesNothing):
     """The ``edge`` control: :func:`sobel_magnitude` of the input as the model receives it
     (normalised: for the zoo's models each channel is its pixels' edge map divided by the
     channel's standard deviation)."""
-
-    needs_backward = False
 
     def attribute(self, record: Record) -> Tensor:
         return sobel_magnitude(record.input)

@@ -129,8 +129,6 @@ class IntegratedGradients(WatchesNothing):
     y(x0))`` per sample, in logit units: the integral's error (0 for a linear model).
     """
 
-    needs_backward = False  # its own passes; the shared one only gives the target
-
     def __init__(self, setup: Setup, options: dict) -> None:
         super().__init__(setup, options)
         self.convergence_delta: Tensor | None = None
@@ -232,8 +230,6 @@ class SmoothGrad(WatchesNothing):
     the model's input space for every image when that option is given (not None);
     ``seed`` (0); ``batch_size``: images per forward at most (32).
     """
-
-    needs_backward = False  # its own passes; the shared one only gives the target
 
     def attribute(self, record: Record) -> Tensor:
         x = record.input

@@ -1,10 +1,6 @@
-"""Colour maps, overlays and figures: the one place that turns maps into pictures.
-
-Maps come in as torch tensors [h,w] (any scale); pictures go out as ``uint8`` numpy
-arrays [H,W,3] or matplotlib figures. Nothing here computes an explanation. Figures are
-made with matplotlib's object API (``Figure``), not pyplot: no global figure registry to
-leak from in a long-running server, no backend to choose.
-"""
+"""matplotlib figures (the object API, ``Figure``, never pyplot: no global figure registry
+to leak from in a long-running server): layer maps, the decomposition chart, colour bars,
+curves, the method grid and the evaluation's charts; and the shares they print."""
 
 from __future__ import annotations
 
@@ -12,68 +8,14 @@ import functools
 import io
 from collections.abc import Mapping, Sequence
 
-import matplotlib
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from tgrad.tgrad import TGradResult, upsample
-
-DEFAULT_CMAP = "viridis"
-"""Perceptually uniform (equal steps in value look like equal steps in colour, and it
-reads in grey and for the common colour-vision deficiencies), unlike the paper's jet,
-whose bright yellow-cyan bands invent edges that are not in the map."""
-PAPER_CMAP = "jet"
-"""The colour map of the paper's figures."""
-CMAPS: dict[str, str] = {
-    DEFAULT_CMAP: "viridis (perceptually uniform)",
-    PAPER_CMAP: "jet (as in the paper)",
-}
-"""The colour maps offered to users, with how they are described."""
-
-
-def normalize(saliency: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise a map [h,w] to [0,1]; a constant map becomes all zeros."""
-    lo, hi = saliency.min(), saliency.max()
-    if hi <= lo:
-        return torch.zeros_like(saliency)
-    return (saliency - lo) / (hi - lo)
-
-
-def to_uint8_image(pixels: torch.Tensor | np.ndarray) -> np.ndarray:
-    """An image [3,H,W] float in [0,1] (or already [H,W,3] uint8) as uint8 [H,W,3]."""
-    if isinstance(pixels, np.ndarray):
-        return pixels.astype(np.uint8)
-    return (pixels.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def colorize(saliency: torch.Tensor, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """A map [h,w], min-max normalised and coloured: uint8 [h,w,3]."""
-    return colorize_unit(normalize(saliency.detach().float()), cmap)
-
-
-def overlay(
-    image: torch.Tensor | np.ndarray,
-    saliency: torch.Tensor,
-    alpha: float = 0.5,
-    cmap: str = DEFAULT_CMAP,
-) -> np.ndarray:
-    """Blend a coloured map over an image: ``(1 - alpha) * image + alpha * colour``.
-
-    Args:
-        image: [3,H,W] float in [0,1], or [H,W,3] uint8.
-        saliency: [h,w]; upsampled bilinearly to the image size if needed.
-        alpha: opacity of the map, 0 (image only) to 1 (map only).
-    Returns:
-        uint8 [H,W,3].
-    """
-    base = to_uint8_image(image)
-    size = base.shape[:2]
-    heat = colorize(upsample(saliency[None].float(), size)[0], cmap)
-    blended = (1 - alpha) * base.astype(np.float32) + alpha * heat.astype(np.float32)
-    return blended.round().clip(0, 255).astype(np.uint8)
+from tgrad.tgrad import TGradResult
+from tgrad.viz.colours import CMAPS, DEFAULT_CMAP, overlay, to_uint8_image
 
 
 def share_label(result: TGradResult, term_index: int, sample: int = 0) -> str:
@@ -203,98 +145,6 @@ def colorbar_pixels(cmap: str = DEFAULT_CMAP) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-ROBUST_PERCENTILE = 99.0
-"""Where :func:`robust_normalize` clips: the top 1 % of a map all show as the maximum."""
-
-
-def robust_normalize(saliency: torch.Tensor, percentile: float = ROBUST_PERCENTILE) -> torch.Tensor:
-    """Scale a non-negative map [..., h, w] to [0, 1] by its ``percentile``-th value.
-
-    ``min(map / q, 1)`` with ``q`` the map's percentile (per map): a few extreme pixels
-    cannot wash the rest of the map out, as they do with min-max scaling. Negative values
-    are clipped to 0 (the maps compared here are non-negative by definition); a map whose
-    percentile is 0 becomes all zeros.
-    """
-    values = saliency.detach().float().clamp(min=0)
-    flat = values.flatten(-2)
-    q = torch.quantile(flat, percentile / 100.0, dim=-1, keepdim=True)
-    scaled = torch.where(q > 0, flat / torch.where(q > 0, q, 1.0), 0.0).clamp(max=1.0)
-    return scaled.reshape(values.shape)
-
-
-@functools.lru_cache(maxsize=8)
-def _lookup_table(cmap: str) -> tuple[np.ndarray, int]:
-    colormap = matplotlib.colormaps[cmap]
-    table = (colormap(np.arange(colormap.N))[:, :3] * 255).round().astype(np.uint8)
-    return table, colormap.N
-
-
-def colorize_unit(values: torch.Tensor, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """A map [h,w] already in [0, 1], coloured: uint8 [h,w,3] (no rescaling).
-
-    The colour map's own table is indexed as matplotlib indexes it (``floor(v * N)``,
-    1 going to the last entry), so the colours are matplotlib's exactly, in a quarter of
-    the time of calling the colour map (it computes RGBA floats for every pixel).
-    """
-    table, n = _lookup_table(cmap)
-    unit = values.detach().float().clamp(0, 1).cpu().numpy()
-    index = np.minimum((unit * n).astype(np.intp), n - 1)
-    return table[index]
-
-
-def blend(image: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * heat`` for two uint8 [H,W,3] pictures."""
-    mixed = (1 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
-    return mixed.round().clip(0, 255).astype(np.uint8)
-
-
-def panel_grid(
-    panels: Sequence[tuple[np.ndarray, str]],
-    columns: int = 4,
-    title_height: int = 22,
-    gap: int = 6,
-) -> np.ndarray:
-    """Pictures of one size side by side, each under its title: uint8 [H,W,3]. A title
-    may have several lines (``"\\n"``), which share ``title_height``; a line too long
-    for the panel ends in an ellipsis.
-
-    Drawn with Pillow, not matplotlib: a grid of twelve 224 px panels takes a few
-    milliseconds, which matters when a page redraws it as each panel arrives.
-    """
-    if not panels:
-        raise ValueError("panel_grid needs at least one panel")
-    height, width = panels[0][0].shape[:2]
-    columns = max(1, min(columns, len(panels)))
-    rows = -(-len(panels) // columns)
-    cell_w, cell_h = width + gap, height + title_height + gap
-    canvas = Image.new("RGB", (columns * cell_w - gap, rows * cell_h - gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    lines = max(1, max(title.count("\n") + 1 for _, title in panels))
-    font = ImageFont.load_default(size=max(6, title_height // lines - 8))
-    for index, (picture, title) in enumerate(panels):
-        if picture.shape[:2] != (height, width):
-            raise ValueError(f"panel {index} is {picture.shape[:2]}, not {(height, width)}")
-        left, top = (index % columns) * cell_w, (index // columns) * cell_h
-        for number, line in enumerate(title.split("\n")):
-            while draw.textlength(line, font=font) > width - 4 and len(line) > 1:
-                line = line[:-2] + "…"
-            y = top + 2 + number * (title_height // lines)
-            draw.text((left + 2, y), line, fill="black", font=font)
-        canvas.paste(Image.fromarray(picture), (left, top + title_height))  # over any descender
-    return np.asarray(canvas)
-
-
-def with_colorbar(picture: np.ndarray, cmap: str = DEFAULT_CMAP, gap: int = 6) -> np.ndarray:
-    """``picture`` (uint8 [H,W,3]) with the colour bar of ``cmap`` (:func:`colorbar_pixels`)
-    under it, left-aligned on white: a figure that says what its colours mean."""
-    bar = colorbar_pixels(cmap)
-    width = max(picture.shape[1], bar.shape[1])
-    canvas = np.full((picture.shape[0] + gap + bar.shape[0], width, 3), 255, np.uint8)
-    canvas[: picture.shape[0], : picture.shape[1]] = picture
-    canvas[picture.shape[0] + gap :, : bar.shape[1]] = bar
-    return canvas
-
-
 def curves_figure(
     fractions: torch.Tensor,
     curves: Mapping[str, torch.Tensor],
@@ -325,20 +175,6 @@ def curves_figure(
     return fig
 
 
-def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
-    """A uint8 [H,W,3] picture resized (bilinear) to ``size`` x ``size``."""
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
-
-
-SANITY_ALPHA = 0.6
-"""Opacity of the sanity check's maps over the photo."""
-PENDING_GREY = 235
-"""The grey of a panel whose picture is still to come."""
-SANITY_COLUMNS = 10
-"""Steps side by side in a sanity grid; more steps wrap into further bands of rows, so
-that the grid stays about 1150 px wide and its titles legible when a page shows it."""
-SANITY_TITLE = 22
-"""Height of a sanity panel's title strip in pixels (a 14 px font)."""
 MEASURE_TITLES: dict[str, str] = {
     "spearman_abs": "Spearman rank correlation of |map|",
     "spearman": "Spearman rank correlation",
@@ -346,60 +182,6 @@ MEASURE_TITLES: dict[str, str] = {
     "hog_spearman": "Spearman of HOG features (edges)",
 }
 """The readable name of each similarity measure of :data:`tgrad.sanity.MEASURES`."""
-
-
-def sanity_grid(
-    groups: Sequence[str],
-    maps: Mapping[str, Sequence[torch.Tensor]],
-    size: int = 112,
-    backdrop: np.ndarray | None = None,
-    cmap: str = DEFAULT_CMAP,
-) -> np.ndarray:
-    """The maps of a sanity check (SPEC 5; the paper's Fig. 6): one row per method, one
-    column per step, at most :data:`SANITY_COLUMNS` steps a row (more steps continue in
-    another band of one row per method, under the first).
-
-    Args:
-        groups: the steps: ``"original"``, then the group randomized at each step.
-        maps: row label (a method) -> one map [h,w] per step so far (any scale,
-            non-negative); a row shorter than ``groups`` ends in grey panels (steps still
-            to come).
-        size: the side of each panel in pixels (maps are resized bilinearly).
-        backdrop: the photo, uint8 [H,W,3], to draw the maps over (at
-            :data:`SANITY_ALPHA`); None: the maps alone.
-    Returns:
-        uint8 [H,W,3]; each map scaled by its own 99th percentile
-        (:func:`robust_normalize`), since a randomized model's maps differ in scale.
-        Panels are titled ``"<label> · original"``, then ``"<step>: <group>"`` (the
-        first panel of a row in a later band: ``"<label> · <step>: <group>"``).
-    """
-    base = None
-    if backdrop is not None:
-        base = thumbnail(backdrop, size)
-    blank = np.full((size, size, 3), PENDING_GREY, np.uint8)
-    empty = np.full((size, size, 3), 255, np.uint8)
-    columns = min(SANITY_COLUMNS, len(groups))
-    bands = -(-len(groups) // columns)
-    panels = []
-    for band in range(bands):
-        for label, row in maps.items():
-            if len(row) > len(groups):
-                raise ValueError(f"{label} has {len(row)} maps for {len(groups)} steps")
-            for index in range(band * columns, (band + 1) * columns):
-                if index >= len(groups):
-                    panels.append((empty, ""))
-                    continue
-                title = f"{label} · original" if index == 0 else f"{index}: {groups[index]}"
-                if index == band * columns and index > 0:
-                    title = f"{label} · {title}"
-                if index >= len(row):
-                    panels.append((blank, title))
-                    continue
-                small = upsample(row[index].detach().float()[None], (size, size))[0]
-                heat = colorize_unit(robust_normalize(small), cmap)
-                picture = heat if base is None else blend(base, heat, SANITY_ALPHA)
-                panels.append((picture, title))
-    return panel_grid(panels, columns=columns, title_height=SANITY_TITLE, gap=3)
 
 
 def sanity_curves(
