@@ -151,5 +151,3 @@ def out_of_place(op: Op) -> Callable:
         return func(*args, **{**kwargs, "inplace": False} if "inplace" in kwargs else kwargs)
 
     return out_of_place
-
-

@@ -36,6 +36,7 @@ _BIASED = frozenset(
 _PRODUCTS = frozenset("mul matmul rmatmul mm bmm mv dot vdot outer inner einsum kron".split())
 """Multilinear: homogeneous of degree k in k input-dependent operands."""
 
+
 def _biased(op: Op) -> Plan | None:
     if op.dependent(arg(op, 1, "weight")):
         return jvp(op)  # a weight made from the input (dynamic convolution)

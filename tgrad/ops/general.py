@@ -81,5 +81,3 @@ def jvp(op: Op) -> Plan:
         return pieces
 
     return Plan(later=later)
-
-
