@@ -26,7 +26,8 @@ from explorer.session import (
     method_label,
 )
 from tgrad import viz
-from tgrad.models import LoadedModel, ModelInfo
+from tgrad.decompose import how_exact
+from tgrad.models import MODEL_NAMES, LoadedModel, ModelInfo, exactness
 from tgrad.tgrad import upsample
 
 ALONE = "this layer alone"
@@ -191,34 +192,71 @@ def layer_figure(explanation: Explanation, cmap: str = viz.DEFAULT_CMAP) -> np.n
     return viz.with_colorbar(grid, cmap)
 
 
+ROLE_WORDS = {
+    "input": "input",
+    "bias": "bias",
+    "saturation": "saturation",
+    "activation": "activation intercept",
+    "gate": "gate intercept",
+    "norm": "norm intercept",
+}
+"""How the chart and its table name each of a term's roles (SPEC 2's ``Term.kind``)."""
+
+
+def kind_text(kind: str, source: str = "") -> str:
+    """A term's kind in words, with what makes it: ``"bias + activation intercept
+    (Conv2d+BatchNorm2d+SiLU)"``; an unknown role is shown as it is."""
+    words = " + ".join(ROLE_WORDS.get(role, role) for role in kind.split("+"))
+    return f"{words} ({source})" if source else words
+
+
+def unmapped_words(explanation: Explanation) -> str:
+    """What the terms without a map are: the classifier's biases on a piecewise-linear
+    model; with 1 x 1 vectors (squeeze-excite) among them on the others."""
+    kinds = {t.kind for t in explanation.result.terms if not t.spatial}
+    return "classifier bias" if kinds <= {"bias"} else "classifier bias or 1 x 1 vector"
+
+
 def summary(explanation: Explanation) -> str:
-    """Markdown: which class is explained and how its logit splits."""
+    """Markdown: which class is explained, how its logit splits, and how the split is
+    exact (:func:`tgrad.decompose.how_exact`)."""
     terms = explanation.result.terms
     spatial = explanation.positions
-    classifier = len(terms) - spatial
+    unmapped = len(terms) - spatial
+    plural = "s" if unmapped != 1 else ""
     return (
         f"Explaining **{html.escape(explanation.target_label)}** with `{explanation.model}`: "
         f"logit **{explanation.logit:.3f}** (probability {100 * explanation.probability:.1f}%)"
-        f" = input term + {spatial - 1} layer terms + {classifier} classifier bias "
-        f"term{'s' if classifier != 1 else ''}; completeness gap {explanation.gap:.1e}."
+        f" = input term + {spatial - 1} layer terms + {unmapped} "
+        f"{unmapped_words(explanation)} term{plural} (no map); completeness gap "
+        f"{explanation.gap:.1e}, {how_exact(terms)}."
     )
 
 
+def exactness_tag(how: str) -> str:
+    """The model picker's few words for :attr:`tgrad.models.ModelInfo.exactness`."""
+    return "piecewise linear" if "piecewise linear" in how else "exact via intercepts"
+
+
 def model_choice(info: ModelInfo) -> tuple[str, str]:
-    """``(label, name)`` for the model picker; a model that downloads on first use says
-    how much: ``"VGG-16 (the paper's model) · 528 MB download on first use"``."""
+    """``(label, name)`` for the model picker: its name, how its decomposition is exact,
+    and for a model that downloads on first use how much:
+    ``"VGG-16 (the paper's model) · piecewise linear · 553 MB download on first use"``."""
+    label = f"{info.label} · {exactness_tag(info.exactness)}" if info.exactness else info.label
     if info.available or info.download_bytes is None:
-        return info.label, info.name
-    return f"{info.label} · {info.download_bytes / 1e6:.0f} MB download on first use", info.name
+        return label, info.name
+    return f"{label} · {info.download_bytes / 1e6:.0f} MB download on first use", info.name
 
 
 def model_note(loaded: LoadedModel) -> str:
-    """Markdown under the model picker: what the model is, once it is loaded."""
+    """Markdown under the model picker: what the model is, once it is loaded, and how
+    its decomposition is exact (:func:`tgrad.models.exactness`)."""
     parameters = sum(p.numel() for p in loaded.module.parameters())
     size = loaded.preprocessing.crop
+    how = f"; {exactness(loaded.name)}" if loaded.name in MODEL_NAMES else ""
     return (
         f"`{loaded.name}`: ImageNet weights, {parameters / 1e6:.1f} M parameters, sees a "
-        f"{size} x {size} px centre crop of the photo."
+        f"{size} x {size} px centre crop of the photo{how}."
     )
 
 
@@ -242,6 +280,9 @@ def overlay_title(explanation: Explanation) -> str:
 def decomposition(explanation: Explanation) -> dict[str, Any]:
     """The logit's terms as plain JSON (what the ``/explain`` API returns).
 
+    ``kind`` is what the term is made of (SPEC 2's roles: ``input``, ``bias``,
+    ``bias+saturation``, ``bias+activation``, ``gate``, ``norm``), ``source`` the module
+    types or operations behind it (``"Conv2d+BatchNorm2d+SiLU"``; empty for the input);
     ``contribution`` is in logit units; ``share`` is ``contribution / total_size``, with
     ``total_size`` the sum of the absolute contributions of all terms (a signed fraction
     that stays meaningful when the logit is small or negative; None when every term is
@@ -257,6 +298,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
             {
                 "term": term.name,
                 "kind": term.kind,
+                "source": term.source,
                 "grid": list(term.grid) if term.grid else None,
                 "contribution": value,
                 "share": value / total if total else None,
@@ -268,6 +310,7 @@ def decomposition(explanation: Explanation) -> dict[str, Any]:
         "logit": logit,
         "probability": explanation.probability,
         "gap": explanation.gap,
+        "exactness": how_exact(explanation.result.terms),
         "total_size": total,
         "terms": rows,
     }
@@ -305,7 +348,8 @@ CHART_CSS = """
 .tg-chart table { font-size: 12px; border-collapse: collapse; }
 .tg-chart td, .tg-chart th { padding: 1px 8px; text-align: right; }
 .tg-chart td:first-child, .tg-chart th:first-child,
-.tg-chart td:nth-child(2), .tg-chart th:nth-child(2) { text-align: left; }
+.tg-chart td:nth-child(2), .tg-chart th:nth-child(2),
+.tg-chart td:nth-child(3), .tg-chart th:nth-child(3) { text-align: left; }
 .tg-chart tr[aria-current] { background: #ffe0b2; font-weight: bold; }
 """
 """Styles of :func:`chart_html`, scoped to its ``gr.HTML`` through ``css_template``."""
@@ -341,9 +385,10 @@ element.addEventListener('click', (event) => {
 def chart_html(explanation: Explanation, position: int, mode: str | None) -> str:
     """One bar per term of the logit, the term at ``position`` highlighted, as HTML.
 
-    Blue: pushes the logit up; red: down; hatched grey: non-spatial classifier biases
-    (no map); orange: the slider's term. In "everything up to here" mode the terms not
-    yet included are faded. A table with every number follows, for screen readers.
+    Blue: pushes the logit up; red: down; hatched grey: terms without a map (the
+    classifier's biases, squeeze-excite vectors); orange: the slider's term. In
+    "everything up to here" mode the terms not yet included are faded. A table with
+    every number follows, for screen readers.
     """
     result = explanation.result
     terms = result.terms
@@ -371,7 +416,10 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
             classes.append("tg-dim")
         grid = f"{term.grid[0]}x{term.grid[1]}" if term.grid else "no map"
         title = explanation.title(index)
-        tip = f"{title} ({term.name}): {value:+.4g} = {_share(explanation, value)}"
+        tip = (
+            f"{title} ({term.name}, {kind_text(term.kind, term.source)}): "
+            f"{value:+.4g} = {_share(explanation, value)}"
+        )
         position = positions.get(index)
         jump = "" if position is None else f' data-pos="{position}"'
         columns.append(
@@ -382,7 +430,8 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         mark = ' aria-current="true"' if index == current else ""
         rows.append(
             f"<tr{mark}><td>{html.escape(title)}</td><td>{html.escape(term.name)}</td>"
-            f"<td>{grid}</td><td>{value:+.4f}</td><td>{_share(explanation, value)}</td></tr>"
+            f"<td>{html.escape(kind_text(term.kind, term.source))}</td><td>{grid}</td>"
+            f"<td>{value:+.4f}</td><td>{_share(explanation, value)}</td></tr>"
         )
 
     term = terms[current]
@@ -397,7 +446,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     )
     label = (
         f"Bar chart of the {len(terms)} terms of the logit {logit:.3f}: the input term, "
-        f"{spatial - 1} layer bias terms and {len(terms) - spatial} classifier bias terms. "
+        f"{spatial - 1} layer terms and {len(terms) - spatial} terms without a map. "
         f"Largest {top:+.3f}, smallest {bottom:+.3f}. Highlighted: "
         f"{explanation.title(current)}, {value:+.3f}. Click a bar to show its map."
     )
@@ -418,12 +467,12 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
         '<div class="tg-legend" aria-hidden="true">'
         '<span><i class="tg-key tg-pos"></i>raises the logit</span>'
         '<span><i class="tg-key tg-neg"></i>lowers it</span>'
-        '<span><i class="tg-key tg-ns"></i>classifier bias (no map)</span>'
+        f'<span><i class="tg-key tg-ns"></i>{unmapped_words(explanation)} (no map)</span>'
         '<span><i class="tg-key tg-cur"></i>current position</span>'
         + (_DIM_KEY if cumulative else "")
         + "</div>"
         "<details><summary>Every term as a table</summary><table>"
-        "<thead><tr><th>term</th><th>module</th><th>grid</th><th>contribution</th>"
+        "<thead><tr><th>term</th><th>module</th><th>kind</th><th>grid</th><th>contribution</th>"
         "<th>share</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>"
         "</figure>"
     )

@@ -15,6 +15,11 @@ from explorer.session import SESSION, Session, offered_models
 from tgrad.models import DEFAULT_MODEL
 
 GUIDE = (Path(__file__).resolve().parent / "guide.md").read_text(encoding="utf-8")
+GUIDE_MARK = "<!-- figure: tangent intercepts -->"
+"""Where in :data:`GUIDE` the tangent-intercepts figure goes (the guide is shown in two
+parts around it)."""
+GUIDE_FIGURE = Path(__file__).resolve().parent.parent / "assets" / "tangent_intercepts.png"
+"""ReLU's and SiLU's tangents and their intercepts (made by ``assets/make_figures.py``)."""
 MAX_FILE_SIZE = f"{MAX_UPLOAD_MB}mb"
 SESSION_CAPACITY = 256
 """Browser/API sessions whose Gradio state the server keeps (Gradio's default is 10,000).
@@ -49,7 +54,8 @@ PAGE_CSS = """
 LAUNCH_OPTIONS: dict[str, Any] = {
     "css": PAGE_CSS,
     "max_file_size": MAX_FILE_SIZE,
-    "allowed_paths": [str(path) for path in BUNDLED_PHOTOS],  # the photos, nothing else
+    # the photos and the guide's figure, nothing else
+    "allowed_paths": [*(str(path) for path in BUNDLED_PHOTOS), str(GUIDE_FIGURE)],
     "state_session_capacity": SESSION_CAPACITY,
 }
 """``demo.launch(**LAUNCH_OPTIONS)``; host and port come from GRADIO_SERVER_NAME/PORT."""
@@ -82,5 +88,17 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
             evaluate_tab.build(handlers, explain)
             sanity_tab.build(handlers, explain)
             with gr.Tab("How to read this", id="guide-tab", elem_id="guide-tab"):
-                gr.Markdown(GUIDE, elem_id="guide")
+                before, _, after = GUIDE.partition(GUIDE_MARK)
+                gr.Markdown(before, elem_id="guide")
+                gr.Image(
+                    str(GUIDE_FIGURE),
+                    format="png",
+                    label="A tangent and its intercept: ReLU (left), SiLU (right)",
+                    interactive=False,
+                    buttons=["fullscreen"],
+                    alt_text="ReLU and SiLU with their tangent lines; ReLU's crosses zero "
+                    "input at 0, SiLU's tangent at 2 crosses it at -0.42, its intercept",
+                    elem_id="guide-figure",
+                )
+                gr.Markdown(after, elem_id="guide-intercepts")
     return demo

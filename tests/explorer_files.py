@@ -67,10 +67,10 @@ class Request:
 class FakeLoaded:
     """What ``tgrad.models.load_model`` gives, for a test's own ImageNet-sized module."""
 
-    def __init__(self, module: object, name: str) -> None:
+    def __init__(self, module: object, name: str, preprocessing: object = None) -> None:
         from tgrad.models import LITE0_PREPROCESSING, imagenet_categories
 
         self.name = name
         self.module = module.eval()
-        self.preprocessing = LITE0_PREPROCESSING
+        self.preprocessing = preprocessing or LITE0_PREPROCESSING
         self.categories = imagenet_categories()

@@ -88,10 +88,10 @@ def test_offline_the_picker_offers_the_three_packaged_models(offline):
     props = dropdown(build_demo(Session()))["props"]
     assert [name for _, name in props["choices"]] == LITE
     labels = [label for label, _ in props["choices"]]
-    assert labels == [
-        "EfficientNet-Lite0 (224 px)",
-        "EfficientNet-Lite1 (240 px)",
-        "EfficientNet-Lite2 (260 px)",
+    assert labels == [  # each says how its decomposition is exact (issue 14)
+        "EfficientNet-Lite0 (224 px) · piecewise linear",
+        "EfficientNet-Lite1 (240 px) · piecewise linear",
+        "EfficientNet-Lite2 (260 px) · piecewise linear",
     ]
     assert "on this machine" in props["info"]
 
@@ -100,11 +100,17 @@ def test_online_every_model_is_offered_with_its_download_size(online):
     offered = {m.name: m for m in offered_models()}
     assert list(offered) == list(models.MODEL_NAMES)  # the offline default first
     vgg = render.model_choice(offered["vgg16"])
-    assert vgg == ("VGG-16 (the paper's model) · 553 MB download on first use", "vgg16")
+    assert vgg == (
+        "VGG-16 (the paper's model) · piecewise linear · 553 MB download on first use",
+        "vgg16",
+    )
     assert render.model_choice(offered["efficientnet_lite1"]) == (
-        "EfficientNet-Lite1 (240 px)",
+        "EfficientNet-Lite1 (240 px) · piecewise linear",
         "efficientnet_lite1",
     )
+    for name in ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"):  # issue 14
+        label, _ = render.model_choice(offered[name])
+        assert " · exact via intercepts · " in label and "MB download on first use" in label
     props = dropdown(build_demo(Session()))["props"]
     assert len(props["choices"]) == len(models.MODEL_NAMES)
     assert "fetches its weights once" in props["info"]
