@@ -17,9 +17,11 @@ import gradio as gr
 from explorer import render
 from explorer.explain_tab import ExplainTab
 from explorer.handlers import DEFAULT_STEPS, MAX_STEPS, Handlers
-from explorer.widgets import method_picker, run_and_stop, wire_run
+from explorer.widgets import grey_control_rows, method_picker, run_and_stop, wire_run
 
-DEFAULT_METHODS = ["tgrad", "gradcam", "fullgrad", "vanilla", "input_x_gradient"]
+DEFAULT_METHODS = ["tgrad", "gradcam", "fullgrad", "vanilla", "input_x_gradient", "random"]
+"""Ticked at first: T-Grad, a CAM and gradients, and the random control, the floor every
+map should beat."""
 STEP_CHOICES = [
     ("quick look · 28 steps", 28),
     (f"quick look · {DEFAULT_STEPS} steps", DEFAULT_STEPS),
@@ -38,7 +40,9 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
             "**Deletion** removes them from the photo: the probability should fall fast "
             "(small area). **Average Drop** is how much confidence is lost when the photo "
             "is weighted by the map; **Increase in Confidence** says whether it went up. "
-            "All for the class chosen in the **Explain** tab.",
+            "All for the class chosen in the **Explain** tab. The controls, listed last in "
+            "grey, know nothing of the model: a random map (the floor every method should "
+            "beat) and an edge detector.",
             elem_id="evaluate-intro",
         )
         with gr.Row(equal_height=False):
@@ -64,6 +68,7 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                     column_widths=["17%", "13%", "11%", "12%", "12%", "13%", "8%", "14%"],
                     elem_id="scores",
                 )
+                grey_control_rows(table)  # the controls' rows, last, in grey
 
     wire_run(
         controls,

@@ -50,6 +50,7 @@ from explorer.uploads import PhotoGate, PhotoRejected, default_gate
 from tgrad import viz
 from tgrad.decompose import NotDecomposableError
 from tgrad.images import ImageLoadError
+from tgrad.methods.controls import controls_last
 from tgrad.models import DEFAULT_MODEL, WeightsUnavailableError, imagenet_categories
 
 log = logging.getLogger(__name__)
@@ -611,13 +612,14 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> Iterator[tuple[Any, Any, dict[str, Any], str]]:
         """Cascading randomization: yields (grid, similarity plot, numbers, run key) after
-        each step. The Stop button (:meth:`stop_sanity`) ends it at the next chunk of a
-        slow method or the next step: the columns done stay, the rest say "stopped"."""
+        each step, the controls last. The Stop button (:meth:`stop_sanity`) ends it at the
+        next chunk of a slow method or the next step: the columns done stay, the rest say
+        "stopped"."""
         from tgrad.sanity import MEASURES
 
         run = self._begin("sanity", request, run_id)
         try:
-            chosen = self.method_list(methods)
+            chosen = list(controls_last(self.method_list(methods)))
             measure = choice(measure, MEASURES, "The measure", DEFAULT_MEASURE)
             explanation = self.compute(image, model, target, progress)
             key = sanity_key(explanation, chosen)
@@ -674,13 +676,14 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
     ) -> Iterator[tuple[Any, Any, list[list[Any]]]]:
         """Score methods on a photo: yields (insertion plot, deletion plot, table) as each
-        method's metrics arrive. ``steps`` is the insertion/deletion step count. The
+        method's metrics arrive, the controls last. ``steps`` is the insertion/deletion
+        step count. The
         progress bar names the method, the step and the time left; the Stop button
         (:meth:`stop_evaluate`) ends the run at the next chunk of perturbed images, and
         the table marks the methods not scored "stopped"."""
         run = self._begin("evaluate", request, run_id)
         try:
-            chosen = self.method_list(methods)
+            chosen = list(controls_last(self.method_list(methods)))
             n_steps = int(number(steps, "The number of steps", 1, MAX_STEPS, DEFAULT_STEPS))
             explanation = self.compute(image, model, target, progress)
             done: dict[str, MethodScore] = {}

@@ -579,6 +579,39 @@ SCORE_COLUMNS = (
 """The Evaluate table's columns (the ``/evaluate`` API's headers)."""
 
 
+CONTROL_STYLE = {"color": "#8c8c8c", "linestyle": "--"}
+"""How the controls' lines are drawn in the Evaluate and Sanity plots: grey and dashed,
+references beside the methods rather than methods."""
+CONTROL_CELLS = "color: #8c8c8c; font-style: italic"
+"""How the controls' rows are drawn in the Evaluate table (CSS of each cell)."""
+
+
+def control_labels() -> tuple[str, ...]:
+    """The page's names of the controls (:mod:`tgrad.methods.controls`), e.g.
+    ``"Random (control)"``."""
+    from tgrad.methods import METHODS
+    from tgrad.methods.controls import is_control
+
+    return tuple(method_label(name) for name in METHODS if is_control(name))
+
+
+def is_control_label(text: object) -> bool:
+    """Whether a plot line's or a table row's label names a control."""
+    return isinstance(text, str) and text.startswith(control_labels())
+
+
+def grey_controls(figure: Figure, legend: str) -> Figure:
+    """Draw the controls' lines of ``figure`` in :data:`CONTROL_STYLE`, and the legend
+    it has (at ``legend``, a matplotlib location) again so that it matches."""
+    for ax in figure.axes:
+        for line in ax.get_lines():
+            if is_control_label(line.get_label()):
+                line.set(**CONTROL_STYLE)
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=7, loc=legend)
+    return figure
+
+
 def score_curves(
     explanation: Explanation, methods: Sequence[str], done: Mapping[str, MethodScore], which: str
 ) -> Figure | None:
@@ -593,12 +626,15 @@ def score_curves(
         f"{which.capitalize()} for {explanation.target_label} ({first.n_steps} steps):\n"
         f"most salient pixels {how}"
     )
-    return viz.curves_figure(
-        first.fractions,
-        {method_label(m): getattr(done[m], which) for m in scored},
-        {method_label(m): getattr(done[m], f"{which}_auc") for m in scored},
-        title,
-        ylabel=f"probability of {explanation.categories[explanation.target]}",
+    return grey_controls(
+        viz.curves_figure(
+            first.fractions,
+            {method_label(m): getattr(done[m], which) for m in scored},
+            {method_label(m): getattr(done[m], f"{which}_auc") for m in scored},
+            title,
+            ylabel=f"probability of {explanation.categories[explanation.target]}",
+        ),
+        legend="best",
     )
 
 
@@ -671,7 +707,7 @@ def sanity_curves(run: SanityRun, measure: str) -> Figure:
     curves = {
         method_label(m): [step.similarity[m][measure] for step in run.steps] for m in run.methods
     }
-    return viz.sanity_curves(ticks, {measure: curves})
+    return grey_controls(viz.sanity_curves(ticks, {measure: curves}), legend="lower left")
 
 
 def sanity_numbers(

@@ -17,7 +17,9 @@ from explorer.handlers import DEFAULT_MEASURE, Handlers
 from explorer.widgets import method_picker, run_and_stop, wire_run
 from tgrad import viz
 
-DEFAULT_METHODS = ["tgrad", "gradcam", "vanilla", "guided_backprop"]
+DEFAULT_METHODS = ["tgrad", "gradcam", "vanilla", "guided_backprop", "edge"]
+"""Ticked at first: T-Grad, a CAM, two gradients, and the edge detector (a control): its
+maps and its curve stay the same as the model is destroyed, the picture of a failure."""
 MEASURE_CHOICES = [(title, name) for name, title in viz.MEASURE_TITLES.items()]
 
 
@@ -31,7 +33,10 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
             "the classifier down to the first convolution. A method that passes the check "
             "shows maps that fall apart (similarity near 0); one that fails keeps drawing "
             "the same picture (an edge detector) whatever the weights. The photo and the "
-            "class stay fixed; the model you share with others is never changed.",
+            "class stay fixed; the model you share with others is never changed. The edge "
+            "detector (a control, last row, grey dashed curve) shows what failing looks "
+            "like: it never looks at the model, so its maps stay the same at every step and "
+            "its similarity stays at 1.",
             elem_id="sanity-intro",
         )
         with gr.Row(equal_height=False):

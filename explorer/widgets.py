@@ -54,16 +54,47 @@ def fast_png(component: C) -> C:
     return component
 
 
+def _styled_rows(rows: Any, headers: Sequence[str]) -> Any:
+    """A table's rows as a pandas ``Styler`` whose controls' rows are greyed
+    (:data:`explorer.render.CONTROL_CELLS`) and whose empty cells are blank; anything
+    but a list of rows is left as it is."""
+    if not isinstance(rows, list) or not rows:
+        return rows
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(headers)[: len(rows[0])], dtype=object)
+
+    def row_style(row: pd.Series) -> list[str]:
+        style = render.CONTROL_CELLS if render.is_control_label(row.iloc[0]) else ""
+        return [style] * len(row)
+
+    return frame.style.apply(row_style, axis=1).format(lambda v: "" if v is None else str(v))
+
+
+def grey_control_rows(table: gr.Dataframe) -> gr.Dataframe:
+    """Make a table output grey the rows of the controls (the handlers still return
+    plain rows; the API's ``data`` is the same, its ``metadata`` carries the styles).
+    Wrapped on the instance, as :func:`fast_png` does."""
+    postprocess = table.postprocess
+    headers = list(table.headers or [])
+    table.postprocess = lambda value: postprocess(_styled_rows(value, headers))  # type: ignore[method-assign]
+    return table
+
+
 FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient", "control": "control"}
 
 
 def method_choices() -> list[tuple[str, str]]:
-    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients)."""
+    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients,
+    the controls last), each label led by its family: ``"control · Random"``."""
     from tgrad.methods import METHODS
 
     order = list(FAMILY_NAMES)
     ranked = sorted(METHODS.items(), key=lambda item: order.index(item[1].family))  # stable
-    return [(f"{FAMILY_NAMES[m.family]} · {render.method_label(name)}", name) for name, m in ranked]
+    return [
+        (f"{FAMILY_NAMES[m.family]} · {render.method_label(name).removesuffix(' (control)')}", name)
+        for name, m in ranked
+    ]
 
 
 def method_picker(value: Sequence[str], elem_id: str) -> gr.CheckboxGroup:
@@ -72,7 +103,8 @@ def method_picker(value: Sequence[str], elem_id: str) -> gr.CheckboxGroup:
         method_choices(),
         value=list(value),
         label="Methods",
-        info="Grouped by family: bias terms (T-Grad), CAM, gradient.",
+        info="Grouped by family: bias terms (T-Grad), CAM, gradient, and the controls, "
+        "which know nothing of the model (a random map, an edge detector).",
         elem_id=elem_id,
     )
 
