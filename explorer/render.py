@@ -538,7 +538,8 @@ def compare_timings(
 ) -> dict[str, Any]:
     """The ``/compare`` API's JSON: for each method its status (``done``, ``pending``
     or ``stopped``) and time in milliseconds (for methods computed in one shared pass,
-    the time of that pass and how many shared it), plus the model, the class and the
+    the time of that pass and how many shared it; for Integrated Gradients its
+    ``convergence_delta`` in logit units, SPEC 3), plus the model, the class and the
     normalisation of the grid."""
     rows = {}
     for method in methods:
@@ -552,6 +553,8 @@ def compare_timings(
             "shared_pass_of": found.shared_with,
             "layer": found.layer,
         }
+        if found.convergence_delta is not None:
+            rows[method]["convergence_delta"] = found.convergence_delta
     return {
         "model": explanation.model,
         "target": _target(explanation),

@@ -396,6 +396,9 @@ class MethodMap:
     """How many methods that pass computed (1: the method ran alone)."""
     layer: str | None = None
     """The layer a CAM method used, when it says."""
+    convergence_delta: float | None = None
+    """For a method that integrates along a path (Integrated Gradients): ``sum of the
+    attribution - (y(x) - y(baseline))`` in logit units (SPEC 3); None for the others."""
 
 
 @dataclass(frozen=True)
@@ -793,14 +796,15 @@ class Session:
 
     @staticmethod
     def _method_options(explanation: Explanation, methods: Sequence[str]) -> dict:
-        """The explorer's options for the slow methods: a black baseline for Integrated
-        Gradients and chunks of :data:`STOP_CHUNK` images (Stop answers within one)."""
-        black = explanation.preprocessing.normalize(torch.zeros_like(explanation.x[0]))
-        options = {
-            "integrated_gradients": {"baseline": black, "batch_size": STOP_CHUNK},
-            "smoothgrad": {"batch_size": STOP_CHUNK},
-            "scorecam": {"batch_size": STOP_CHUNK},
-        }
+        """The explorer's options for the slow methods: the engine's options for the
+        model's preprocessing (:func:`tgrad.methods.preprocessing_options`: Integrated
+        Gradients' named black baseline) and chunks of :data:`STOP_CHUNK` images (Stop
+        answers within one)."""
+        from tgrad.methods import preprocessing_options
+
+        options = {m: dict(o) for m, o in preprocessing_options(explanation.preprocessing).items()}
+        for method in ("integrated_gradients", "smoothgrad", "scorecam"):
+            options.setdefault(method, {})["batch_size"] = STOP_CHUNK
         return {m: options[m] for m in methods if m in options}
 
     def _compute_maps(
@@ -829,8 +833,16 @@ class Session:
             )
             seconds = time.perf_counter() - start - chunks.paused
         layers = getattr(maps, "layers", {})
+        deltas = getattr(maps, "convergence_delta", {})
         return [
-            MethodMap(name, maps[name][0].detach().cpu(), seconds, len(methods), layers.get(name))
+            MethodMap(
+                name,
+                maps[name][0].detach().cpu(),
+                seconds,
+                len(methods),
+                layers.get(name),
+                float(deltas[name][0]) if name in deltas else None,
+            )
             for name in methods
         ]
 

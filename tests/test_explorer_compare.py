@@ -14,7 +14,7 @@ import tgrad.methods
 from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
-from tests.explorer_files import Request
+from tests.explorer_files import Request, random_torchvision
 from tgrad import viz
 from tgrad.methods import METHODS
 from tgrad.models import DEFAULT_MODEL
@@ -187,3 +187,43 @@ def test_the_grid_follows_the_chosen_colour_map_and_carries_its_colour_bar(handl
     np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
     with pytest.raises(gr.Error, match="colour map must be one of"):
         next(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "<b>hot</b>"))
+
+
+def test_integrated_gradients_gets_the_named_black_baseline_and_reports_its_delta(monkeypatch):
+    """Issue 16's leftovers: the session asks for the registry's named "black" baseline
+    through the model's preprocessing (not a tensor of its own), and Compare's timings
+    carry IG's convergence delta (SPEC 3), the engine's number."""
+    calls: list[dict] = []
+    real = tgrad.methods.explain
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tgrad.methods, "explain", spy)
+    handlers = Handlers(Session(loader=random_torchvision), ["resnet18"])
+    ig = "integrated_gradients"
+    steps = list(handlers.compare(PHOTO, "resnet18", None, [ig], request=Request("ig")))
+    explanation = handlers.compute(PHOTO, "resnet18", None)
+    asked = calls[-1][ig]
+    assert asked["preprocessing"] is explanation.preprocessing and "baseline" not in asked
+    assert METHODS[ig].options["baseline"] == "black"  # the registry's default, named
+    shown = steps[-1][1]["methods"][ig]
+    module = handlers.session.models.get("resnet18").loaded.module
+    reference = real(
+        module, explanation.x, target=explanation.target, methods=(ig,), options=calls[-1]
+    )
+    expected = float(reference.convergence_delta[ig][0])
+    assert shown["convergence_delta"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    # the named baseline is the black image the explorer used to build itself
+    black = explanation.preprocessing.normalize(torch.zeros_like(explanation.x[0]))
+    explicit = real(
+        module,
+        explanation.x,
+        target=explanation.target,
+        methods=(ig,),
+        options={ig: {"baseline": black, "batch_size": asked["batch_size"]}},
+    )
+    cached = handlers.session.maps.get(f"{explanation.key}:{ig}")
+    torch.testing.assert_close(cached.map, explicit[ig][0], rtol=1e-5, atol=1e-7)
+    assert "convergence_delta" not in steps[-1][1]["methods"].get("gradcam", {})

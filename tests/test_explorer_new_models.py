@@ -8,35 +8,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 
 from explorer import render
 from explorer.handlers import Handlers
 from explorer.session import Session
-from tests.explorer_files import PHOTOS, FakeLoaded, Request
+from tests.explorer_files import PHOTOS, Request, random_torchvision
 from tgrad.decompose import completeness_tolerance, how_exact
-from tgrad.models import LITE0_PREPROCESSING
-from tgrad.preprocessing import Preprocessing
 from tgrad.tgrad import TGrad
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
 
-SMALL = Preprocessing(72, 64, "bilinear", LITE0_PREPROCESSING.mean, LITE0_PREPROCESSING.std)
-"""A 64 px centre crop: the structure of the models at a fraction of the time."""
 MODELS = ("efficientnet_b0", "convnext_tiny")
 PHOTO = str(PHOTOS["coffee"])
 
 
-def random_model(name: str, **_: object) -> FakeLoaded:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = torchvision.models.get_model(name, weights=None)
-    return FakeLoaded(module, name, SMALL)
-
-
 @pytest.fixture(scope="module")
 def handlers() -> Handlers:
-    return Handlers(Session(loader=random_model), list(MODELS))
+    return Handlers(Session(loader=random_torchvision), list(MODELS))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -136,7 +124,7 @@ def test_the_guide_explains_intercepts_beside_the_figure():
     assert ui.LAUNCH_OPTIONS["allowed_paths"] == [*map(str, BUNDLED_PHOTOS), str(figure)]
     before, mark, after = ui.GUIDE.partition(ui.GUIDE_MARK)
     assert mark and "intercept" in after and "piecewise-linear models have only biases" in after
-    demo = ui.build_demo(Session(loader=random_model))
+    demo = ui.build_demo(Session(loader=random_torchvision))
     shown = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     assert shown["guide"].value == before.strip() or before.strip() in shown["guide"].value
     assert shown["guide-intercepts"].value.strip() == after.strip()
