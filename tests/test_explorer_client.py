@@ -13,6 +13,8 @@ from tests.explorer_files import PHOTOS, text_as_jpg
 from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
 
+pytestmark = pytest.mark.slow  # a served app, called through gradio_client
+
 
 @pytest.fixture(scope="module")
 def server():

@@ -285,6 +285,7 @@ def join(
     return next(m for m in messages if m.get("msg") == "process_completed")
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     demo, client = server
     for path in (str(places["outside"] / "secret.jpg"), "/etc/hostname", "/etc", "/dev/zero"):
@@ -299,6 +300,7 @@ def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     assert event == "complete" and payload[1]["label"] == "967: espresso ← explained"
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_api_values_give_short_messages(server):
     _, client = server
     photo = {"path": str(PHOTOS["coffee"])}
@@ -308,6 +310,7 @@ def test_raw_api_values_give_short_messages(server):
     assert event == "error" and len(payload["error"]) < 200
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_events_of_the_classroom_extras_check_their_values(server, places):
     """The colour map, the jump to a layer, the link and the figures, sent by hand."""
     demo, client = server
@@ -337,6 +340,7 @@ def test_raw_events_of_the_classroom_extras_check_their_values(server, places):
     assert done["success"] and done["output"]["data"][0]["path"].endswith(".zip")
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_only_the_photos_are_served(server):
     _, client = server
     assets = BUNDLED_PHOTOS[0].parent
@@ -352,6 +356,7 @@ def resident_mb() -> float:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.slow  # a served app, called over HTTP
 def test_sessions_kept_by_the_server_are_bounded(server):
     """Gradio keeps ~135 KiB of state per session of this page (measured: 135 MiB after 1000
     API calls with its default capacity of 10,000). Once the capacity is reached, 500 more
@@ -387,6 +392,7 @@ def predict(client: httpx.Client, demo: gr.Blocks, name: str, data: list) -> htt
     return client.post("/gradio_api/run/predict", json=body)
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_only_gradios_example_loader_keeps_its_preprocessing(server):
     """Every event of the app takes its inputs raw and checks them itself; only Gradio's
     own example loader preprocesses (an index into the examples, checked first by the
@@ -403,6 +409,7 @@ def test_only_gradios_example_loader_keeps_its_preprocessing(server):
     assert preprocessed == []
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_refusals_are_the_apps_own_messages_and_one_log_line(server, places, caplog, capfd):
     """Payloads that Gradio itself refused before any handler ran, with ``{"error":
     null}`` (the client's "has not enabled verbose error reporting") and a traceback."""
@@ -453,6 +460,7 @@ def test_refusals_are_the_apps_own_messages_and_one_log_line(server, places, cap
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_the_model_pickers_event_never_echoes_its_value(server, caplog, capfd):
     demo, client = server
     caplog.set_level(logging.INFO)
@@ -466,6 +474,7 @@ def test_the_model_pickers_event_never_echoes_its_value(server, caplog, capfd):
     assert "x" * 100 not in logged and "<img" not in logged and "Traceback" not in logged
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
     """Gradio downloads a file payload whose path is a URL (it resolves the host first);
     the guard refuses it before. The resolver is watched for the test's host."""
@@ -495,6 +504,7 @@ def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
     assert not any("tgrad-test" in str(host) for host in looked_up)
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_an_older_compare_call_without_the_colour_map_still_works(server):
     _, client = server
     event, payload = call(
