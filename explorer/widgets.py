@@ -12,7 +12,8 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
-from explorer import render
+from explorer.draw import CONTROL_CELLS, is_control_label
+from explorer.explanation import method_label
 
 PNG_LEVEL = 1
 """zlib level of the pictures the Explain tab sends on every slider step. Gradio writes
@@ -56,7 +57,7 @@ def fast_png(component: C) -> C:
 
 def _styled_rows(rows: Any, headers: Sequence[str]) -> Any:
     """A table's rows as a pandas ``Styler`` whose controls' rows are greyed
-    (:data:`explorer.render.CONTROL_CELLS`) and whose empty cells are blank; anything
+    (:data:`explorer.draw.CONTROL_CELLS`) and whose empty cells are blank; anything
     but a list of rows is left as it is."""
     if not isinstance(rows, list) or not rows:
         return rows
@@ -65,7 +66,7 @@ def _styled_rows(rows: Any, headers: Sequence[str]) -> Any:
     frame = pd.DataFrame(rows, columns=list(headers)[: len(rows[0])], dtype=object)
 
     def row_style(row: pd.Series) -> list[str]:
-        style = render.CONTROL_CELLS if render.is_control_label(row.iloc[0]) else ""
+        style = CONTROL_CELLS if is_control_label(row.iloc[0]) else ""
         return [style] * len(row)
 
     return frame.style.apply(row_style, axis=1).format(lambda v: "" if v is None else str(v))
@@ -92,7 +93,7 @@ def method_choices() -> list[tuple[str, str]]:
     order = list(FAMILY_NAMES)
     ranked = sorted(METHODS.items(), key=lambda item: order.index(item[1].family))  # stable
     return [
-        (f"{FAMILY_NAMES[m.family]} · {render.method_label(name).removesuffix(' (control)')}", name)
+        (f"{FAMILY_NAMES[m.family]} · {method_label(name).removesuffix(' (control)')}", name)
         for name, m in ranked
     ]
 

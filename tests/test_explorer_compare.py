@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tgrad.methods
-from explorer import render
+from explorer import draw
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
 from tests.explorer_files import Request, random_torchvision
@@ -73,20 +73,20 @@ def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counte
     # the grid: the photo and one overlay per method, with the one normalisation
     grid = steps[-1][0]
     panels = 1 + len(SINGLE)
-    rows = -(-panels // render.COMPARE_COLUMNS)
+    rows = -(-panels // draw.COMPARE_COLUMNS)
     height = rows * (224 + 22 + 6) - 6  # then the colour bar, 6 px under the panels
     bar = viz.colorbar_pixels(viz.DEFAULT_CMAP)
-    assert grid.shape == (height + 6 + bar.shape[0], render.COMPARE_COLUMNS * 230 - 6, 3)
+    assert grid.shape == (height + 6 + bar.shape[0], draw.COMPARE_COLUMNS * 230 - 6, 3)
     np.testing.assert_array_equal(grid[height + 6 :, : bar.shape[1]], bar)
     gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
     expected = viz.blend(
         explanation.pixels,
         viz.colorize_unit(viz.robust_normalize(gradcam)),
-        render.COMPARE_ALPHA,
+        draw.COMPARE_ALPHA,
     )
     index = 1 + SINGLE.index("gradcam")
-    top = (index // render.COMPARE_COLUMNS) * 252 + 22
-    left = (index % render.COMPARE_COLUMNS) * 230
+    top = (index // draw.COMPARE_COLUMNS) * 252 + 22
+    left = (index % draw.COMPARE_COLUMNS) * 230
     assert np.array_equal(grid[top : top + 224, left : left + 224], expected)
 
 
@@ -181,7 +181,7 @@ def test_the_grid_follows_the_chosen_colour_map_and_carries_its_colour_bar(handl
     explanation = handlers.session.lookup(handlers.compute(PHOTO, DEFAULT_MODEL, None).key)
     gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
     jet = viz.colorize_unit(viz.robust_normalize(gradcam), "jet")
-    expected = viz.blend(explanation.pixels, jet, render.COMPARE_ALPHA)
+    expected = viz.blend(explanation.pixels, jet, draw.COMPARE_ALPHA)
     np.testing.assert_array_equal(grid[22 : 22 + 224, 230 : 230 + 224], expected)
     bar = viz.colorbar_pixels("jet")
     np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)

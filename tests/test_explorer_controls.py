@@ -7,9 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer import compare_tab, evaluate_tab, render, sanity_tab, widgets
+from explorer import draw, explanation, widgets
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
+from explorer.tabs import compare as compare_tab
+from explorer.tabs import evaluate as evaluate_tab
+from explorer.tabs import sanity as sanity_tab
 from explorer.ui import build_demo
 from tests.explorer_files import Request
 from tgrad.methods import METHODS
@@ -49,14 +52,14 @@ def test_evaluate_lists_the_controls_last_greyed(handlers):
     shown = list(handlers.evaluate(PHOTO, DEFAULT_MODEL, None, asked, 4, request=Request("e")))
     insertion, deletion, table = shown[-1]
     names = [row[0] for row in table]
-    controls = [render.method_label(m) for m in ("random", "edge")]
+    controls = [explanation.method_label(m) for m in ("random", "edge")]
     assert names == ["GradCAM", "T-Grad", *controls]
     for figure in (insertion, deletion):
         styles = {line.get_label(): line for line in figure.axes[0].get_lines()}
         for label, line in styles.items():
             control = label.startswith(tuple(controls))
             assert (line.get_linestyle() == "--") == control, label
-            assert (line.get_color() == render.CONTROL_STYLE["color"]) == control, label
+            assert (line.get_color() == draw.CONTROL_STYLE["color"]) == control, label
         legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
         assert legend[-2:] == [t for t in legend if t.startswith(tuple(controls))]
     # the page's table (the component as built) greys the controls' rows, nothing else
@@ -67,7 +70,7 @@ def test_evaluate_lists_the_controls_last_greyed(handlers):
     styling = out.metadata["styling"]
     for row, style in zip(table, styling, strict=True):
         grey = row[0] in controls
-        assert style == [render.CONTROL_CELLS if grey else ""] * len(row), row[0]
+        assert style == [draw.CONTROL_CELLS if grey else ""] * len(row), row[0]
 
 
 def test_the_edge_map_stays_constant_while_the_model_is_destroyed(handlers):
@@ -85,6 +88,6 @@ def test_the_edge_map_stays_constant_while_the_model_is_destroyed(handlers):
     # the last randomized step destroyed vanilla's map, but not the edges
     assert run.steps[-1].similarity["vanilla"]["spearman_abs"] < 0.9
     lines = {line.get_label(): line for line in curves.axes[0].get_lines()}
-    edge = lines[render.method_label("edge")]
-    assert edge.get_linestyle() == "--" and edge.get_color() == render.CONTROL_STYLE["color"]
-    assert lines[render.method_label("vanilla")].get_linestyle() == "-"
+    edge = lines[explanation.method_label("edge")]
+    assert edge.get_linestyle() == "--" and edge.get_color() == draw.CONTROL_STYLE["color"]
+    assert lines[explanation.method_label("vanilla")].get_linestyle() == "-"

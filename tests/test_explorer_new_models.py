@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer import render
+from explorer.chart import chart_html, kind_text
 from explorer.handlers import Handlers
 from explorer.session import Session
+from explorer.tabs import explain_draw
+from explorer.view import ALONE
 from tests.explorer_files import PHOTOS, Request, random_torchvision
 from tgrad.decompose import completeness_tolerance, how_exact
 from tgrad.tgrad import TGrad
@@ -47,10 +49,10 @@ def test_explain_shows_the_engines_terms_with_kind_and_source(handlers, model):
     assert numbers["exactness"] == how_exact(reference.terms)
     assert "intercepts" in numbers["exactness"]
     # the chart's table and tooltips carry each term's kind in words and its source
-    chart = render.chart_html(explanation, 0, render.ALONE)
+    chart = chart_html(explanation, 0, ALONE)
     for term in reference.terms[1:]:
-        assert render.kind_text(term.kind, term.source) in chart
-    assert how_exact(reference.terms) in render.summary(explanation)
+        assert kind_text(term.kind, term.source) in chart
+    assert how_exact(reference.terms) in explain_draw.summary(explanation)
 
 
 def test_squeeze_excite_gates_and_layer_norms_are_named(handlers):
@@ -60,7 +62,7 @@ def test_squeeze_excite_gates_and_layer_norms_are_named(handlers):
         explanation = handlers.compute(PHOTO, model, None)
         named[model] = explanation
         for position in range(explanation.positions):
-            caption = render.layer_caption(explanation, position, render.ALONE)
+            caption = explain_draw.layer_caption(explanation, position, ALONE)
             assert explanation.title(explanation.term_indices[position]) in caption
     b0, convnext = named["efficientnet_b0"], named["convnext_tiny"]
     gates = [k for k, t in enumerate(b0.result.terms) if t.kind == "gate"]
@@ -68,10 +70,10 @@ def test_squeeze_excite_gates_and_layer_norms_are_named(handlers):
     for k in gates:
         assert " · squeeze-excite gate · " in b0.title(k)
         assert b0.title(k).startswith("Block ")
-    assert "gate intercept (mul)" in render.chart_html(b0, 0, render.ALONE)
+    assert "gate intercept (mul)" in chart_html(b0, 0, ALONE)
     norms = [k for k, t in enumerate(convnext.result.terms) if t.kind == "norm"]
     assert norms and all("layer norm" in convnext.title(k) for k in norms)
-    assert "norm intercept (LayerNorm" in render.chart_html(convnext, 0, render.ALONE)
+    assert "norm intercept (LayerNorm" in chart_html(convnext, 0, ALONE)
 
 
 @pytest.mark.parametrize("model", MODELS)
