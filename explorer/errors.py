@@ -9,7 +9,7 @@ import inspect
 import logging
 import urllib.error
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import gradio as gr
 
@@ -92,6 +92,13 @@ def page_errors(
                 value = None
             return value if isinstance(value, str) and value else DEFAULT_MODEL
 
+        def reraise(error: Exception, args: tuple, kwargs: dict) -> NoReturn:
+            """Raise the page's message for ``error``, or ``error`` itself unchanged."""
+            replacement = translate(error, model_of(args, kwargs))
+            if replacement is None:
+                raise error
+            raise replacement from error
+
         if inspect.isgeneratorfunction(function):
 
             @functools.wraps(function)
@@ -99,10 +106,7 @@ def page_errors(
                 try:
                     yield from function(*args, **kwargs)
                 except Exception as error:
-                    shown = translate(error, model_of(args, kwargs))
-                    if shown is None:
-                        raise
-                    raise shown from error
+                    reraise(error, args, kwargs)
 
             return generator  # type: ignore[return-value]
 
@@ -111,10 +115,7 @@ def page_errors(
             try:
                 return function(*args, **kwargs)
             except Exception as error:
-                shown = translate(error, model_of(args, kwargs))
-                if shown is None:
-                    raise
-                raise shown from error
+                reraise(error, args, kwargs)
 
         return call  # type: ignore[return-value]
 

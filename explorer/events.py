@@ -13,9 +13,9 @@ and when there is no photo either, nothing changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import gradio as gr
 
@@ -30,6 +30,7 @@ from explorer.view import View, choice
 from tgrad.models import DEFAULT_MODEL, imagenet_categories
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 NO_PHOTO = "Please upload a photo (or pick one of the bundled photos) first."
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,30 @@ class Shown(NamedTuple):
     explanation: Explanation | None
     index: int
     view: View
+
+
+def view_event(draw: Callable[[Any, Shown], R]) -> Callable[..., R]:
+    """Make ``draw(self, shown)`` a view event of the Explain tab: a callback taking what
+    the page sends, ``(key, position, mode, opacity, image, cmap)`` (the cache key, the
+    :class:`~explorer.view.View` controls and the photo, in the order of the tab's
+    ``view_inputs``), that checks the controls, finds the explanation they show
+    (:meth:`Events.shown`) and hands it to ``draw``. The event keeps ``draw``'s name
+    (its private endpoint's) and docstring."""
+
+    def event(
+        self: Events,
+        key: str | None = None,
+        position: object = None,
+        mode: object = None,
+        opacity: object = None,
+        image: Photo = None,
+        cmap: object = None,
+    ) -> R:
+        return draw(self, self.shown(key, image, View.checked(position, mode, opacity, cmap)))
+
+    event.__name__, event.__qualname__ = draw.__name__, draw.__qualname__
+    event.__doc__, event.__module__ = draw.__doc__, draw.__module__
+    return event
 
 
 class Events:

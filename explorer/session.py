@@ -50,9 +50,9 @@ DISPLAY_SCALE = 2
 """The Explain tab's pictures are drawn over the photo at this many times the model's
 input size (448 px for a 224 px model): maps are upsampled smoothly anyway, but the
 photo under them stays sharp on a projector. Twice, not more: each slider step sends
-one such PNG (about 260 kB at 448 px), and a step takes longer in the browser
-(``benchmarks/bench_explorer.py`` times 1 against 2). ``EXPLORER_DISPLAY_SCALE`` (1, 2
-or 3) changes it, e.g. to 1 for a slow network."""
+one such PNG, four times the pixels of scale 1 (``benchmarks/bench_explorer.py`` times 1
+against 2; the README says why 2). ``EXPLORER_DISPLAY_SCALE`` (1, 2 or 3) changes it,
+e.g. to 1 for a slow network."""
 DISPLAY_SCALES = (1, 2, 3)
 MAX_SANITY_RUNS = 4
 
@@ -163,10 +163,10 @@ def set_torch_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads for the server (default: ``EXPLORER_TORCH_THREADS`` or 1).
 
     One thread per explanation, with up to two explanations running at once, uses both
-    cores of a small Space without oversubscribing them. With OpenMP's two threads per
-    call, any other load on the machine made an explanation take 5 to 8 s instead of
-    0.2 s (threads spin at every barrier waiting for a descheduled partner). Returns
-    the number set.
+    cores of a small Space without oversubscribing them: with more threads per call,
+    threads spin at every barrier waiting for a descheduled partner whenever anything
+    else runs (the README's design section has what that cost). Returns the number
+    set.
     """
     if threads is None:
         threads = int(os.environ.get("EXPLORER_TORCH_THREADS", "1"))

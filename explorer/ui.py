@@ -27,9 +27,9 @@ MAX_FILE_SIZE = f"{MAX_UPLOAD_MB}mb"
 SESSION_CAPACITY = 256
 """Browser/API sessions whose Gradio state the server keeps (Gradio's default is 10,000).
 
-Gradio keeps a copy of every component's config per session, about 135 KiB for this
-page's four tabs (measured: 135 MiB after 1000 API calls), so 10,000 sessions could hold
-1.3 GB; 256 hold about 35 MB, and a full classroom's tabs fit. A session evicted early
+Gradio keeps a copy of every component's config per session (the README's design
+section says how much for this page), so 10,000 sessions can hold gigabytes; 256 hold
+a full classroom's tabs in tens of megabytes. A session evicted early
 only loses its cache key: its next slider move recomputes the explanation from the
 photo, within the same process-wide limit as any other explanation."""
 

@@ -16,10 +16,9 @@ from explorer.draw import CONTROL_CELLS, is_control_label
 from explorer.explanation import method_label
 
 PNG_LEVEL = 1
-"""zlib level of the pictures the Explain tab sends on every slider step. Gradio writes
-level 6; level 1 encodes a 448 px overlay in 24 ms instead of 87 ms (+15 % bytes), and
-those 60 ms were most of a slider step (``benchmarks/bench_explorer.py``). PNG either
-way: lossless, the page shows the exact pixels."""
+"""zlib level of the pictures the Explain tab sends on every slider step (Gradio writes
+level 6): the fastest to encode, for somewhat more bytes (``benchmarks/bench_explorer.py``;
+the README has the numbers). PNG either way: lossless, the page shows the exact pixels."""
 
 
 def png_to_cache(pixels: np.ndarray, cache_dir: str) -> str:
@@ -42,12 +41,24 @@ def _as_files(value: Any, cache_dir: str) -> Any:
     return value
 
 
+def picture(label: str, alt_text: str, elem_id: str, **options: Any) -> gr.Image:
+    """An output picture: a lossless PNG drawn from a uint8 array, not editable, with
+    fullscreen and download buttons; ``options`` adds to or overrides Gradio's."""
+    settings: dict[str, Any] = {
+        "format": "png",
+        "type": "numpy",
+        "interactive": False,
+        "buttons": ["fullscreen", "download"],
+    }
+    return gr.Image(label=label, alt_text=alt_text, elem_id=elem_id, **{**settings, **options})
+
+
 C = TypeVar("C", gr.Image, gr.Gallery)
 
 
 def fast_png(component: C) -> C:
-    """Make an image or gallery output write its numpy pictures at :data:`PNG_LEVEL`
-    (50 layer maps: 90 ms instead of 240 ms). Its own ``postprocess`` is wrapped on the
+    """Make an image or gallery output write its numpy pictures at :data:`PNG_LEVEL`.
+    Its own ``postprocess`` is wrapped on the
     instance: a subclass would do, but Gradio writes a ``.pyi`` stub beside the module
     of every component subclass it sees."""
     postprocess = component.postprocess

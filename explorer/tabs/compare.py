@@ -26,7 +26,7 @@ from explorer.events import Events, Photo
 from explorer.explanation import Explanation, MethodMap, method_label
 from explorer.jobs import Stopped
 from explorer.view import choice
-from explorer.widgets import method_picker, run_and_stop, wire_run
+from explorer.widgets import method_picker, picture, run_and_stop, wire_run
 from tgrad import viz
 
 if TYPE_CHECKING:
@@ -59,15 +59,12 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                 methods = method_picker(default_methods(), "compare-methods")
                 controls = run_and_stop("Compare", "compare")
             with gr.Column(scale=3, min_width=400):
-                grid = gr.Image(
-                    label="Each method's map over the photo",
+                grid = picture(
+                    "Each method's map over the photo",
+                    "A grid of saliency maps, one per method",
+                    "compare-grid",
                     show_label=False,
-                    format="png",
-                    type="numpy",
-                    interactive=False,
                     buttons=["download", "fullscreen"],
-                    alt_text="A grid of saliency maps, one per method",
-                    elem_id="compare-grid",
                 )
                 gr.Markdown(NORMALISATION, elem_id="compare-normalisation")
                 with gr.Accordion("Timings (as the /compare API returns them)", open=False):

@@ -128,15 +128,11 @@ def build(
                     elem_id="top5",
                 )
             with gr.Column(scale=1, min_width=300):
-                overlay = gr.Image(
-                    label="T-Grad saliency (over the crop of the photo the model saw)",
-                    format="png",
-                    type="numpy",
-                    interactive=False,
+                overlay = widgets.picture(
+                    "T-Grad saliency (over the crop of the photo the model saw)",
+                    "T-Grad saliency map over the photo",
+                    "overlay",
                     height=BIG,
-                    buttons=["fullscreen", "download"],
-                    alt_text="T-Grad saliency map over the photo",
-                    elem_id="overlay",
                 )
                 colorbar = gr.Image(
                     viz.colorbar_pixels(),
@@ -180,15 +176,11 @@ def build(
                     elem_id="layer-mode",
                 )
                 caption = gr.Markdown(elem_id="layer-caption")
-                layer_image = gr.Image(
-                    label="Layer map over the photo",
-                    format="png",
-                    type="numpy",
-                    interactive=False,
+                layer_image = widgets.picture(
+                    "Layer map over the photo",
+                    "The selected layer's map over the photo",
+                    "layer-image",
                     height=BIG,
-                    buttons=["fullscreen", "download"],
-                    alt_text="The selected layer's map over the photo",
-                    elem_id="layer-image",
                 )
             with gr.Column(scale=1, min_width=300):
                 chart = gr.HTML(

@@ -3,7 +3,7 @@ the class, and every view event that redraws a cached explanation (layer slider,
 opacity, colour map, a click on the grid or the chart), the link to the view and the
 figures. Each view event takes the cache key, the :class:`~explorer.view.View` controls
 and the photo, nothing more: each input costs the browser time before it sends the event
-(a 1001-choice dropdown as an input once cost tens of milliseconds per slider step)."""
+(the README's design section says how much a large dropdown as an input costs)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ from explorer.cache import download_report
 from explorer.chart import chart_html
 from explorer.draw import colour_scale
 from explorer.errors import page_errors
-from explorer.events import BUNDLED_BY_NAME, BUNDLED_DIGESTS, CATEGORIES, Events, Photo
+from explorer.events import (
+    BUNDLED_BY_NAME,
+    BUNDLED_DIGESTS,
+    CATEGORIES,
+    Events,
+    Photo,
+    Shown,
+    view_event,
+)
 from explorer.explanation import parse_key, parse_target
 from explorer.guard import refusal
 from explorer.tabs import explain_draw as draw
@@ -99,21 +107,12 @@ class ExplainEvents(Events):
 
     # ---------------------------------------------------------------- views of a cached one
 
-    def show_layers(
-        self,
-        key: str | None,
-        position: float,
-        mode: str,
-        opacity: float,
-        image: Photo = None,
-        cmap: str | None = None,
-    ) -> tuple[Any, ...]:
+    @view_event
+    def show_layers(self, shown: Shown) -> tuple[Any, ...]:
         """After an explanation: size the layer slider, draw the layer view and the
         summary, and title the overlay with the class it explains (redrawing it when the
         page's colour map is not the one ``/explain`` draws with)."""
-        explanation, index, view = self.shown(
-            key, image, View.checked(position, mode, opacity, cmap)
-        )
+        explanation, index, view = shown
         if explanation is None:
             return (gr.skip(),) * 6
         slider = gr.update(maximum=explanation.positions - 1, value=index, interactive=True)
@@ -132,36 +131,18 @@ class ExplainEvents(Events):
         explanation, _, view = self.shown(key, image, View.checked(cmap=cmap))
         return gr.skip() if explanation is None else draw.layer_gallery(explanation, view.cmap)
 
-    def render_layer(
-        self,
-        key: str | None,
-        position: float,
-        mode: str,
-        opacity: float,
-        image: Photo = None,
-        cmap: str | None = None,
-    ) -> tuple[Any, ...]:
+    @view_event
+    def render_layer(self, shown: Shown) -> tuple[Any, ...]:
         """Layer slider or mode moved: (layer overlay, caption, chart)."""
-        explanation, index, view = self.shown(
-            key, image, View.checked(position, mode, opacity, cmap)
-        )
+        explanation, index, view = shown
         if explanation is None:
             return (gr.skip(),) * 3
         return self._layer_view(explanation, index, view)
 
-    def render_opacity(
-        self,
-        key: str | None,
-        position: float,
-        mode: str,
-        opacity: float,
-        image: Photo = None,
-        cmap: str | None = None,
-    ) -> tuple[Any, ...]:
+    @view_event
+    def render_opacity(self, shown: Shown) -> tuple[Any, ...]:
         """Opacity moved: (saliency overlay, layer overlay)."""
-        explanation, index, view = self.shown(
-            key, image, View.checked(position, mode, opacity, cmap)
-        )
+        explanation, index, view = shown
         if explanation is None:
             return (gr.skip(),) * 2
         return (
@@ -169,20 +150,11 @@ class ExplainEvents(Events):
             draw.layer_overlay(explanation, index, view.mode, view.opacity, view.cmap),
         )
 
-    def render_colours(
-        self,
-        key: str | None,
-        position: float,
-        mode: str,
-        opacity: float,
-        image: Photo = None,
-        cmap: str | None = None,
-    ) -> tuple[Any, ...]:
+    @view_event
+    def render_colours(self, shown: Shown) -> tuple[Any, ...]:
         """Colour map changed: (colour bar, its caption, saliency overlay, layer overlay,
         layer grid); the last three only when there is an explanation."""
-        explanation, index, view = self.shown(
-            key, image, View.checked(position, mode, opacity, cmap)
-        )
+        explanation, index, view = shown
         legend = (viz.colorbar_pixels(view.cmap), colour_scale(view.cmap))
         if explanation is None:
             return (*legend, *(gr.skip(),) * 3)
@@ -262,19 +234,10 @@ class ExplainEvents(Events):
             view.cmap or skip,
         )
 
-    def figures(
-        self,
-        key: str | None,
-        position: float,
-        mode: str,
-        opacity: float,
-        image: Photo = None,
-        cmap: str | None = None,
-    ) -> str:
+    @view_event
+    def figures(self, shown: Shown) -> str:
         """Download figures: the view's figures in a zip (:func:`explorer.share.figures_zip`)."""
-        explanation, index, view = self.shown(
-            key, image, View.checked(position, mode, opacity, cmap)
-        )
+        explanation, index, view = shown
         if explanation is None:
             raise refusal("Explain a photo first: the figures are of what is shown.", "Nothing yet")
         data = share.figures_zip(explanation, index, view.mode, view.opacity, view.cmap)

@@ -25,7 +25,7 @@ from explorer.events import Events, Photo
 from explorer.explanation import SANITY_MAP_SIZE, Explanation, SanityRun, method_label, sanity_key
 from explorer.jobs import Stopped
 from explorer.view import choice
-from explorer.widgets import method_picker, run_and_stop, wire_run
+from explorer.widgets import method_picker, picture, run_and_stop, wire_run
 from tgrad import viz
 from tgrad.methods.controls import controls_last
 
@@ -73,14 +73,11 @@ def build(handlers: Handlers, explain: ExplainTab) -> None:
                 curves = gr.Plot(
                     label="Similarity to the original map", format="png", elem_id="sanity-curves"
                 )
-        grid = gr.Image(
-            label="Maps as the model is randomized (rows: methods; columns: steps)",
-            format="png",
-            type="numpy",
-            interactive=False,
+        grid = picture(
+            "Maps as the model is randomized (rows: methods; columns: steps)",
+            "A grid of maps, one row per method, one column per randomization step",
+            "sanity-grid",
             buttons=["download", "fullscreen"],
-            alt_text="A grid of maps, one row per method, one column per randomization step",
-            elem_id="sanity-grid",
         )
         with gr.Accordion("Every similarity (as the /sanity API returns them)", open=False):
             numbers = gr.JSON(label="Similarities", elem_id="sanity-numbers")
