@@ -131,3 +131,13 @@ def test_the_guide_explains_intercepts_beside_the_figure():
     assert shown["guide"].value == before.strip() or before.strip() in shown["guide"].value
     assert shown["guide-intercepts"].value.strip() == after.strip()
     assert shown["guide-figure"].value["path"].endswith(".png")
+
+
+def test_the_model_note_says_how_the_model_is_exact(handlers):
+    from tgrad.models import exactness
+
+    smooth = explain_draw.model_note(handlers.session.models.get("efficientnet_b0").loaded)
+    assert smooth.endswith(f"; {exactness('efficientnet_b0')}.")
+    assert "tangent intercepts" in smooth
+    linear = explain_draw.model_note(random_torchvision("resnet18"))
+    assert linear.endswith("; exact: piecewise linear, its terms are biases.")
