@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +37,19 @@ STOPPED = "stopped"
 REPLACED = "replaced"
 PRESSED_TTL = 3600.0
 """Seconds a pressed run whose work never began (a full queue, a closed page) is kept."""
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction done, what is happening)``."""
+
+
+def _quiet(fraction: float, what: str) -> None:
+    return None
+
+
+def reporter(progress: Progress | None) -> Progress:
+    """``progress``, or a report that goes nowhere. (Not ``progress or ...``: a
+    ``gr.Progress`` has a length, 0, so it is false, and its reports were lost.)"""
+    return _quiet if progress is None else progress
 
 
 class WorkSlots:

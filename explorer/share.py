@@ -25,11 +25,13 @@ from urllib.parse import urlencode
 
 from PIL import Image
 
-from explorer import render
-from explorer.session import Explanation
+from explorer import api
+from explorer.draw import colour_scale
+from explorer.explanation import Explanation
+from explorer.tabs import explain_draw
+from explorer.view import QUERY_MODES
 from tgrad import viz
 
-QUERY_MODES = render.QUERY_MODES
 MAX_QUERY_VALUE = 64
 """Longer values in a link are refused without being looked at."""
 _INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: int() also reads "²" and "٣"
@@ -48,7 +50,7 @@ LINK_WITHOUT_PHOTO = (
 
 
 @dataclass(frozen=True)
-class View:
+class LinkedView:
     """What a link asks the Explain tab to show; None: leave that control as it is."""
 
     photo: str | None = None
@@ -58,7 +60,7 @@ class View:
     """The class index, as text for the class box."""
     layer: int | None = None
     mode: str | None = None
-    """One of :data:`explorer.render.MODES`."""
+    """One of :data:`explorer.view.MODES`."""
     cmap: str | None = None
     uploaded: bool = False
     """The link was made from an uploaded photo (``photo=upload``)."""
@@ -83,7 +85,7 @@ def parse_query(
     photos: Sequence[str],
     models: Sequence[str],
     classes: int,
-) -> tuple[View, list[str]]:
+) -> tuple[LinkedView, list[str]]:
     """The view a link asks for, and the names of the parameters that were ignored.
 
     A parameter is ignored when its value is longer than :data:`MAX_QUERY_VALUE`, not
@@ -115,7 +117,7 @@ def parse_query(
             values[name] = int(value)
         else:
             ignored.append(name)
-    view = View(
+    view = LinkedView(
         photo=None if values.get("photo") == UPLOADED else values.get("photo"),
         uploaded=values.get("photo") == UPLOADED,
         model=values.get("model"),
@@ -143,7 +145,7 @@ def figures_zip(
     position highlighted, with a legend), ``colorbar.png`` and ``numbers.json`` (the
     ``/explain`` numbers, with each term's readable name, and the view)."""
     term_index = explanation.term_indices[position]
-    numbers = render.decomposition(explanation)
+    numbers = api.decomposition(explanation)
     for index, row in enumerate(numbers["terms"]):
         row["title"] = explanation.title(index)
     numbers["view"] = {
@@ -152,7 +154,7 @@ def figures_zip(
         "mode": mode,
         "opacity": alpha,
         "colour_map": cmap,
-        "colour_scale": render.colour_scale(cmap).replace("**", ""),
+        "colour_scale": colour_scale(cmap).replace("**", ""),
     }
     chart = viz.decomposition_chart(
         explanation.result,
@@ -162,9 +164,9 @@ def figures_zip(
     chart_png = io.BytesIO()
     chart.savefig(chart_png, format="png", dpi=150)
     files = {
-        "overlay.png": _png(render.saliency_overlay(explanation, alpha, cmap)),
-        "layer.png": _png(render.layer_overlay(explanation, position, mode, alpha, cmap)),
-        "layers.png": _png(render.layer_figure(explanation, cmap)),
+        "overlay.png": _png(explain_draw.saliency_overlay(explanation, alpha, cmap)),
+        "layer.png": _png(explain_draw.layer_overlay(explanation, position, mode, alpha, cmap)),
+        "layers.png": _png(explain_draw.layer_figure(explanation, cmap)),
         "chart.png": chart_png.getvalue(),
         "colorbar.png": _png(viz.colorbar_pixels(cmap)),
         "numbers.json": json.dumps(numbers, indent=2).encode(),

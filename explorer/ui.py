@@ -1,5 +1,5 @@
 """The page: :func:`build_demo` assembles the tabs, each laid out and wired in its own
-module (:mod:`explorer.explain_tab`, ...), and holds the launch settings."""
+module (:mod:`explorer.tabs`), and holds the launch settings."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import compare_tab, evaluate_tab, explain_tab, render, sanity_tab
+from explorer.cache import offered_models
+from explorer.events import BUNDLED_PHOTOS, MAX_UPLOAD_MB
 from explorer.guard import GuardedBlocks
-from explorer.handlers import BUNDLED_PHOTOS, MAX_UPLOAD_MB, Handlers
-from explorer.session import SESSION, Session, offered_models
+from explorer.handlers import Handlers
+from explorer.session import SESSION, Session
+from explorer.tabs import compare, evaluate, explain, sanity
+from explorer.tabs.explain_draw import model_choice
 from tgrad.models import DEFAULT_MODEL
 
 GUIDE = (Path(__file__).resolve().parent / "guide.md").read_text(encoding="utf-8")
@@ -24,9 +27,9 @@ MAX_FILE_SIZE = f"{MAX_UPLOAD_MB}mb"
 SESSION_CAPACITY = 256
 """Browser/API sessions whose Gradio state the server keeps (Gradio's default is 10,000).
 
-Gradio keeps a copy of every component's config per session, about 135 KiB for this
-page's four tabs (measured: 135 MiB after 1000 API calls), so 10,000 sessions could hold
-1.3 GB; 256 hold about 35 MB, and a full classroom's tabs fit. A session evicted early
+Gradio keeps a copy of every component's config per session (the README's design
+section says how much for this page), so 10,000 sessions can hold gigabytes; 256 hold
+a full classroom's tabs in tens of megabytes. A session evicted early
 only loses its cache key: its next slider move recomputes the explanation from the
 photo, within the same process-wide limit as any other explanation."""
 
@@ -66,7 +69,7 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
     Every request's inputs are checked before Gradio processes them
     (:class:`~explorer.guard.GuardedBlocks`)."""
     offered = offered_models()
-    choices = [render.model_choice(info) for info in offered] or [(DEFAULT_MODEL, DEFAULT_MODEL)]
+    choices = [model_choice(info) for info in offered] or [(DEFAULT_MODEL, DEFAULT_MODEL)]
     handlers = Handlers(session or SESSION, [name for _, name in choices])
     downloads = any(not info.available for info in offered)
 
@@ -82,11 +85,11 @@ def build_demo(session: Session | None = None) -> gr.Blocks:
             elem_id="title",
         )
         with gr.Tabs(elem_id="tabs"):
-            explain = explain_tab.build(handlers, choices, key, demo, downloads)
-            demo.optional.add(explain.cmap._id)  # added to /compare later: may be left out
-            compare_tab.build(handlers, explain)
-            evaluate_tab.build(handlers, explain)
-            sanity_tab.build(handlers, explain)
+            shared = explain.build(handlers, choices, key, demo, downloads)
+            demo.optional.add(shared.cmap._id)  # added to /compare later: may be left out
+            compare.build(handlers, shared)
+            evaluate.build(handlers, shared)
+            sanity.build(handlers, shared)
             with gr.Tab("How to read this", id="guide-tab", elem_id="guide-tab"):
                 before, _, after = GUIDE.partition(GUIDE_MARK)
                 gr.Markdown(before, elem_id="guide")

@@ -12,13 +12,13 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
-from explorer import render
+from explorer.draw import CONTROL_CELLS, is_control_label
+from explorer.explanation import method_label
 
 PNG_LEVEL = 1
-"""zlib level of the pictures the Explain tab sends on every slider step. Gradio writes
-level 6; level 1 encodes a 448 px overlay in 24 ms instead of 87 ms (+15 % bytes), and
-those 60 ms were most of a slider step (``benchmarks/bench_explorer.py``). PNG either
-way: lossless, the page shows the exact pixels."""
+"""zlib level of the pictures the Explain tab sends on every slider step (Gradio writes
+level 6): the fastest to encode, for somewhat more bytes (``benchmarks/bench_explorer.py``;
+the README has the numbers). PNG either way: lossless, the page shows the exact pixels."""
 
 
 def png_to_cache(pixels: np.ndarray, cache_dir: str) -> str:
@@ -41,12 +41,24 @@ def _as_files(value: Any, cache_dir: str) -> Any:
     return value
 
 
+def picture(label: str, alt_text: str, elem_id: str, **options: Any) -> gr.Image:
+    """An output picture: a lossless PNG drawn from a uint8 array, not editable, with
+    fullscreen and download buttons; ``options`` adds to or overrides Gradio's."""
+    settings: dict[str, Any] = {
+        "format": "png",
+        "type": "numpy",
+        "interactive": False,
+        "buttons": ["fullscreen", "download"],
+    }
+    return gr.Image(label=label, alt_text=alt_text, elem_id=elem_id, **{**settings, **options})
+
+
 C = TypeVar("C", gr.Image, gr.Gallery)
 
 
 def fast_png(component: C) -> C:
-    """Make an image or gallery output write its numpy pictures at :data:`PNG_LEVEL`
-    (50 layer maps: 90 ms instead of 240 ms). Its own ``postprocess`` is wrapped on the
+    """Make an image or gallery output write its numpy pictures at :data:`PNG_LEVEL`.
+    Its own ``postprocess`` is wrapped on the
     instance: a subclass would do, but Gradio writes a ``.pyi`` stub beside the module
     of every component subclass it sees."""
     postprocess = component.postprocess
@@ -54,16 +66,47 @@ def fast_png(component: C) -> C:
     return component
 
 
+def _styled_rows(rows: Any, headers: Sequence[str]) -> Any:
+    """A table's rows as a pandas ``Styler`` whose controls' rows are greyed
+    (:data:`explorer.draw.CONTROL_CELLS`) and whose empty cells are blank; anything
+    but a list of rows is left as it is."""
+    if not isinstance(rows, list) or not rows:
+        return rows
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(headers)[: len(rows[0])], dtype=object)
+
+    def row_style(row: pd.Series) -> list[str]:
+        style = CONTROL_CELLS if is_control_label(row.iloc[0]) else ""
+        return [style] * len(row)
+
+    return frame.style.apply(row_style, axis=1).format(lambda v: "" if v is None else str(v))
+
+
+def grey_control_rows(table: gr.Dataframe) -> gr.Dataframe:
+    """Make a table output grey the rows of the controls (the handlers still return
+    plain rows; the API's ``data`` is the same, its ``metadata`` carries the styles).
+    Wrapped on the instance, as :func:`fast_png` does."""
+    postprocess = table.postprocess
+    headers = list(table.headers or [])
+    table.postprocess = lambda value: postprocess(_styled_rows(value, headers))  # type: ignore[method-assign]
+    return table
+
+
 FAMILY_NAMES = {"bias": "bias terms", "cam": "CAM", "gradient": "gradient", "control": "control"}
 
 
 def method_choices() -> list[tuple[str, str]]:
-    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients)."""
+    """``(label, name)`` for every method, grouped by family (T-Grad, CAMs, gradients,
+    the controls last), each label led by its family: ``"control · Random"``."""
     from tgrad.methods import METHODS
 
     order = list(FAMILY_NAMES)
     ranked = sorted(METHODS.items(), key=lambda item: order.index(item[1].family))  # stable
-    return [(f"{FAMILY_NAMES[m.family]} · {render.method_label(name)}", name) for name, m in ranked]
+    return [
+        (f"{FAMILY_NAMES[m.family]} · {method_label(name).removesuffix(' (control)')}", name)
+        for name, m in ranked
+    ]
 
 
 def method_picker(value: Sequence[str], elem_id: str) -> gr.CheckboxGroup:
@@ -72,7 +115,8 @@ def method_picker(value: Sequence[str], elem_id: str) -> gr.CheckboxGroup:
         method_choices(),
         value=list(value),
         label="Methods",
-        info="Grouped by family: bias terms (T-Grad), CAM, gradient.",
+        info="Grouped by family: bias terms (T-Grad), CAM, gradient, and the controls, "
+        "which know nothing of the model (a random map, an edge detector).",
         elem_id=elem_id,
     )
 

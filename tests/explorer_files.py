@@ -74,3 +74,24 @@ class FakeLoaded:
         self.module = module.eval()
         self.preprocessing = preprocessing or LITE0_PREPROCESSING
         self.categories = imagenet_categories()
+
+
+def small_preprocessing() -> object:
+    """A 64 px centre crop with ImageNet's normalisation: a torchvision model's structure
+    at a fraction of its time."""
+    from tgrad.models import LITE0_PREPROCESSING as LITE0
+    from tgrad.preprocessing import Preprocessing
+
+    return Preprocessing(72, 64, "bilinear", LITE0.mean, LITE0.std)
+
+
+def random_torchvision(name: str, **_: object) -> FakeLoaded:
+    """A loader for ``Session(loader=...)``: torchvision's ``name`` with random weights
+    (seed 0), seen through :func:`small_preprocessing`."""
+    import torch
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = torchvision.models.get_model(name, weights=None)
+    return FakeLoaded(module, name, small_preprocessing())

@@ -9,9 +9,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from explorer.tabs import explain_draw
 from tests.explorer_files import PHOTOS, text_as_jpg
 from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
+
+pytestmark = pytest.mark.slow  # a served app, called through gradio_client
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,6 @@ def test_explain_espresso(client, server):
     total = sum(row["contribution"] for row in decomposition["terms"])
     assert abs(total - decomposition["logit"]) <= 1e-4 * max(1, abs(decomposition["logit"]))
     # the PNG is lossless: exactly what the server rendered
-    from explorer import render
 
     session = server[0].SESSION
     explanation = next(
@@ -97,7 +99,7 @@ def test_explain_espresso(client, server):
         for e in map(session.lookup, session.explanations.keys())
         if e.key.endswith(":top1") and e.target == 967
     )
-    np.testing.assert_array_equal(image, render.saliency_overlay(explanation, 0.5))
+    np.testing.assert_array_equal(image, explain_draw.saliency_overlay(explanation, 0.5))
 
 
 REQUESTS = [

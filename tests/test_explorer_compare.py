@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import tgrad.methods
-from explorer import render
+from explorer import draw
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
-from tests.explorer_files import Request
+from tests.explorer_files import Request, random_torchvision
 from tgrad import viz
 from tgrad.methods import METHODS
 from tgrad.models import DEFAULT_MODEL
@@ -73,20 +73,20 @@ def test_single_pass_methods_come_together_and_equal_the_engine(handlers, counte
     # the grid: the photo and one overlay per method, with the one normalisation
     grid = steps[-1][0]
     panels = 1 + len(SINGLE)
-    rows = -(-panels // render.COMPARE_COLUMNS)
+    rows = -(-panels // draw.COMPARE_COLUMNS)
     height = rows * (224 + 22 + 6) - 6  # then the colour bar, 6 px under the panels
     bar = viz.colorbar_pixels(viz.DEFAULT_CMAP)
-    assert grid.shape == (height + 6 + bar.shape[0], render.COMPARE_COLUMNS * 230 - 6, 3)
+    assert grid.shape == (height + 6 + bar.shape[0], draw.COMPARE_COLUMNS * 230 - 6, 3)
     np.testing.assert_array_equal(grid[height + 6 :, : bar.shape[1]], bar)
     gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
     expected = viz.blend(
         explanation.pixels,
         viz.colorize_unit(viz.robust_normalize(gradcam)),
-        render.COMPARE_ALPHA,
+        draw.COMPARE_ALPHA,
     )
     index = 1 + SINGLE.index("gradcam")
-    top = (index // render.COMPARE_COLUMNS) * 252 + 22
-    left = (index % render.COMPARE_COLUMNS) * 230
+    top = (index // draw.COMPARE_COLUMNS) * 252 + 22
+    left = (index % draw.COMPARE_COLUMNS) * 230
     assert np.array_equal(grid[top : top + 224, left : left + 224], expected)
 
 
@@ -181,9 +181,49 @@ def test_the_grid_follows_the_chosen_colour_map_and_carries_its_colour_bar(handl
     explanation = handlers.session.lookup(handlers.compute(PHOTO, DEFAULT_MODEL, None).key)
     gradcam = handlers.session.maps.get(f"{explanation.key}:gradcam").map
     jet = viz.colorize_unit(viz.robust_normalize(gradcam), "jet")
-    expected = viz.blend(explanation.pixels, jet, render.COMPARE_ALPHA)
+    expected = viz.blend(explanation.pixels, jet, draw.COMPARE_ALPHA)
     np.testing.assert_array_equal(grid[22 : 22 + 224, 230 : 230 + 224], expected)
     bar = viz.colorbar_pixels("jet")
     np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
     with pytest.raises(gr.Error, match="colour map must be one of"):
         next(handlers.compare(PHOTO, DEFAULT_MODEL, None, ["gradcam"], "<b>hot</b>"))
+
+
+def test_integrated_gradients_gets_the_named_black_baseline_and_reports_its_delta(monkeypatch):
+    """Issue 16's leftovers: the session asks for the registry's named "black" baseline
+    through the model's preprocessing (not a tensor of its own), and Compare's timings
+    carry IG's convergence delta (SPEC 3), the engine's number."""
+    calls: list[dict] = []
+    real = tgrad.methods.explain
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tgrad.methods, "explain", spy)
+    handlers = Handlers(Session(loader=random_torchvision), ["resnet18"])
+    ig = "integrated_gradients"
+    steps = list(handlers.compare(PHOTO, "resnet18", None, [ig], request=Request("ig")))
+    explanation = handlers.compute(PHOTO, "resnet18", None)
+    asked = calls[-1][ig]
+    assert asked["preprocessing"] is explanation.preprocessing and "baseline" not in asked
+    assert METHODS[ig].options["baseline"] == "black"  # the registry's default, named
+    shown = steps[-1][1]["methods"][ig]
+    module = handlers.session.models.get("resnet18").loaded.module
+    reference = real(
+        module, explanation.x, target=explanation.target, methods=(ig,), options=calls[-1]
+    )
+    expected = float(reference.convergence_delta[ig][0])
+    assert shown["convergence_delta"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    # the named baseline is the black image the explorer used to build itself
+    black = explanation.preprocessing.normalize(torch.zeros_like(explanation.x[0]))
+    explicit = real(
+        module,
+        explanation.x,
+        target=explanation.target,
+        methods=(ig,),
+        options={ig: {"baseline": black, "batch_size": asked["batch_size"]}},
+    )
+    cached = handlers.session.maps.get(f"{explanation.key}:{ig}")
+    torch.testing.assert_close(cached.map, explicit[ig][0], rtol=1e-5, atol=1e-7)
+    assert "convergence_delta" not in steps[-1][1]["methods"].get("gradcam", {})

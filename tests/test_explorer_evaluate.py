@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import tgrad.metrics
-from explorer import render
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
+from explorer.tabs import evaluate
 from tgrad.models import DEFAULT_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as the server runs
@@ -95,4 +95,4 @@ def test_bad_step_counts_are_user_errors(handlers, steps):
 
 
 def test_table_columns():
-    assert len(render.SCORE_COLUMNS) == 8 and render.SCORE_COLUMNS[6] == "steps"
+    assert len(evaluate.SCORE_COLUMNS) == 8 and evaluate.SCORE_COLUMNS[6] == "steps"

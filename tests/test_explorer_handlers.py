@@ -13,17 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import render
-from explorer.handlers import BUNDLED_PHOTOS, NO_PHOTO, Handlers
-from explorer.session import (
-    DISPLAY_SCALE,
-    LRU,
-    TOP1,
-    ModelCache,
-    Session,
-    available_models,
-    parse_target,
-)
+from explorer import draw, view
+from explorer.cache import LRU, ModelCache, available_models
+from explorer.events import BUNDLED_PHOTOS, NO_PHOTO
+from explorer.explanation import TOP1, parse_target
+from explorer.handlers import Handlers
+from explorer.session import DISPLAY_SCALE, Session
+from explorer.tabs import explain_draw
 from explorer.uploads import UNUSABLE, PhotoGate
 from tests.explorer_files import PHOTOS, huge_png, large_photo, text_as_jpg, truncated_jpeg
 from tgrad import viz
@@ -111,14 +107,14 @@ def test_decomposition_sums_to_the_logit(coffee):
 def test_overlay_differs_between_layers(handlers, coffee):
     key = coffee[3]
     computed = handlers.session.computed
-    first = handlers.render_layer(key, 0, render.ALONE, 0.5)[0]
+    first = handlers.render_layer(key, 0, view.ALONE, 0.5)[0]
     positions = [5, 20, 35, 49]
     for position in positions:
-        other = handlers.render_layer(key, position, render.ALONE, 0.5)[0]
+        other = handlers.render_layer(key, position, view.ALONE, 0.5)[0]
         assert other.shape == first.shape
         assert mean_abs_diff(first, other) > 5.0, position
     # the aggregate builds up: an early prefix differs from the full map
-    early = handlers.render_layer(key, 3, render.CUMULATIVE, 0.5)[0]
+    early = handlers.render_layer(key, 3, view.CUMULATIVE, 0.5)[0]
     assert mean_abs_diff(early, coffee[0]) > 2.0
     assert handlers.session.computed == computed  # moving the slider never recomputes
 
@@ -126,7 +122,7 @@ def test_overlay_differs_between_layers(handlers, coffee):
 def test_everything_up_to_the_last_layer_is_the_full_overlay(handlers, coffee):
     overlay, _, _, key = coffee
     last = handlers.session.lookup(key).positions - 1
-    image, caption, _ = handlers.render_layer(key, last, render.CUMULATIVE, 0.5)
+    image, caption, _ = handlers.render_layer(key, last, view.CUMULATIVE, 0.5)
     np.testing.assert_array_equal(image, overlay)
     assert "full T-Grad map" in caption
 
@@ -135,7 +131,7 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
     assert explanation.positions == 50  # input + 49 layer maps for Lite0
-    _, caption, chart = handlers.render_layer(key, 10, render.ALONE, 0.5)
+    _, caption, chart = handlers.render_layer(key, 10, view.ALONE, 0.5)
     term = explanation.spatial_terms[10]
     assert f"Position 10 / {explanation.positions - 1}" in caption
     # a student reads the block, the operation and the size; the module path is a tooltip
@@ -151,7 +147,7 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
 def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
-    chart = handlers.render_layer(key, 7, render.CUMULATIVE, 0.5)[2]
+    chart = handlers.render_layer(key, 7, view.CUMULATIVE, 0.5)[2]
     terms = explanation.result.terms
     assert chart.count('class="tg-col"') == len(terms)
     assert chart.count("tg-cur") == 1 + 1  # the bar and its legend key
@@ -165,14 +161,12 @@ def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
 
 
 def test_show_layers_sizes_the_slider(handlers, coffee):
-    slider, image, _, chart, summary, title = handlers.show_layers(
-        coffee[3], 500, render.ALONE, 0.5
-    )
+    slider, image, _, chart, summary, title = handlers.show_layers(coffee[3], 500, view.ALONE, 0.5)
     assert title == gr.update(label="T-Grad saliency for 967: espresso (efficientnet_lite0)")
     # the page's colour map is not /explain's: the overlay is redrawn in it
-    jet = handlers.show_layers(coffee[3], 500, render.ALONE, 0.5, None, "jet")[5]
+    jet = handlers.show_layers(coffee[3], 500, view.ALONE, 0.5, None, "jet")[5]
     np.testing.assert_array_equal(
-        jet["value"], render.saliency_overlay(handlers.session.lookup(coffee[3]), 0.5, "jet")
+        jet["value"], explain_draw.saliency_overlay(handlers.session.lookup(coffee[3]), 0.5, "jet")
     )
     grid = handlers.show_grid(coffee[3], None, None)
     assert slider["maximum"] == 49 and slider["value"] == 49 and slider["interactive"]
@@ -186,19 +180,19 @@ def test_show_layers_sizes_the_slider(handlers, coffee):
 
 def test_slider_values_are_clamped(handlers, coffee):
     key = coffee[3]
-    low = handlers.render_layer(key, -4, render.ALONE, 0.5)
-    zero = handlers.render_layer(key, 0, render.ALONE, 0.5)
+    low = handlers.render_layer(key, -4, view.ALONE, 0.5)
+    zero = handlers.render_layer(key, 0, view.ALONE, 0.5)
     np.testing.assert_array_equal(low[0], zero[0])
-    high = handlers.render_layer(key, 3.0 + 1e3, render.ALONE, 0.5)
+    high = handlers.render_layer(key, 3.0 + 1e3, view.ALONE, 0.5)
     assert "Position 49 / 49" in high[1]
 
 
 def test_opacity(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
-    clear, _ = handlers.render_opacity(key, 0, render.ALONE, 0.0)
+    clear, _ = handlers.render_opacity(key, 0, view.ALONE, 0.0)
     np.testing.assert_array_equal(clear, explanation.backdrop)
-    strong, layer = handlers.render_opacity(key, 0, render.ALONE, 1.0)
+    strong, layer = handlers.render_opacity(key, 0, view.ALONE, 1.0)
     assert mean_abs_diff(strong, explanation.backdrop) > 20
     assert layer.shape == strong.shape
 
@@ -320,14 +314,14 @@ def test_no_photo(handlers):
 @pytest.mark.parametrize("state", ["", None, "no-such-key"])
 def test_empty_state(handlers, coffee, state):
     # nothing to show and nothing to recompute from: nothing changes
-    assert handlers.render_layer(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 3
-    assert handlers.render_opacity(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 2
-    assert handlers.show_layers(state, 3, render.ALONE, 0.5) == (gr.skip(),) * 6
+    assert handlers.render_layer(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 3
+    assert handlers.render_opacity(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 2
+    assert handlers.show_layers(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 6
     assert handlers.show_grid(state) == gr.skip()
     # with the photo at hand (cached examples), the top-1 explanation is shown
     photo = str(PHOTOS["coffee"])
-    image, caption, _ = handlers.render_layer(state, 3, render.ALONE, 0.5, photo)
-    expected = handlers.render_layer(coffee[3], 3, render.ALONE, 0.5)[0]
+    image, caption, _ = handlers.render_layer(state, 3, view.ALONE, 0.5, photo)
+    expected = handlers.render_layer(coffee[3], 3, view.ALONE, 0.5)[0]
     np.testing.assert_array_equal(image, expected)
     assert "Position 3" in caption
 
@@ -341,12 +335,12 @@ def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
     handlers.explain(str(PHOTOS["rocket"]))  # evicts the cup
     assert session.lookup(key) is None
     # the page still shows the same photo: recomputed, with the cup as the target
-    slider, _, _, _, summary, _ = handlers.show_layers(key, 0, render.ALONE, 0.5, photo)
+    slider, _, _, _, summary, _ = handlers.show_layers(key, 0, view.ALONE, 0.5, photo)
     assert "968: cup" in summary and slider["maximum"] == 49
     assert session.lookup(key) is not None
     # a new photo was uploaded but not explained yet: nothing is redrawn
     handlers.explain(str(PHOTOS["rocket"]))
-    skipped = handlers.render_layer(key, 2, render.ALONE, 0.5, str(PHOTOS["chelsea"]))
+    skipped = handlers.render_layer(key, 2, view.ALONE, 0.5, str(PHOTOS["chelsea"]))
     assert skipped == (gr.skip(),) * 3
 
 
@@ -447,7 +441,7 @@ def test_shares_stay_meaningful_for_a_negative_logit(handlers):
     assert decomposition["logit"] < 0
     assert all(-1 <= row["share"] <= 1 for row in decomposition["terms"])
     for position in range(0, 50, 7):
-        caption = handlers.render_layer(key, position, render.ALONE, 0.5)[1]
+        caption = handlers.render_layer(key, position, view.ALONE, 0.5)[1]
         assert "of the logit" not in caption
         percent = float(caption.split(" = ")[1].split("%")[0])
         assert -100 <= percent <= 100
@@ -459,8 +453,8 @@ def test_a_term_lowering_the_logit_has_the_right_caption_in_each_mode(handlers, 
     lowering = next(
         i for i, t in enumerate(explanation.spatial_terms) if float(t.contribution[0]) < 0
     )
-    alone = handlers.render_layer(key, lowering, render.ALONE, 0.5)[1]
-    upto = handlers.render_layer(key, lowering, render.CUMULATIVE, 0.5)[1]
+    alone = handlers.render_layer(key, lowering, view.ALONE, 0.5)[1]
+    upto = handlers.render_layer(key, lowering, view.CUMULATIVE, 0.5)[1]
     assert "adds nothing to the T-Grad map" in alone
     assert "adds nothing" not in upto and "same as at the previous position" in upto
     # and it is true: the running total does not change at that position
@@ -469,7 +463,7 @@ def test_a_term_lowering_the_logit_has_the_right_caption_in_each_mode(handlers, 
 
 
 def test_the_zero_label_sits_on_the_zero_line(handlers, coffee):
-    chart = handlers.render_layer(coffee[3], 3, render.ALONE, 0.5)[2]
+    chart = handlers.render_layer(coffee[3], 3, view.ALONE, 0.5)[2]
     line = re.search(r'class="tg-zero" style="bottom:([0-9.]+)%"', chart).group(1)
     label = re.search(r'class="tg-zero-label" style="bottom:([0-9.]+)%"', chart).group(1)
     assert label == line and 0 < float(line) < 100  # Lite0's espresso has terms of both signs
@@ -481,7 +475,7 @@ def test_a_few_extreme_pixels_do_not_wash_out_the_overlay():
     photo = np.full((50, 50, 3), 128, np.uint8)
     ramp = torch.linspace(0, 1, 2500).reshape(50, 50)
     ramp[0, 0] = ramp[0, 1] = 1000.0
-    shown = render.map_overlay(photo, ramp, 1.0)
+    shown = draw.map_overlay(photo, ramp, 1.0)
     low, middle = shown[10, 10].astype(int), shown[40, 40].astype(int)  # ramp 0.2 and 0.8
     assert np.abs(low - middle).sum() > 150  # clearly different colours
     minmax = viz.overlay(photo, ramp, 1.0)

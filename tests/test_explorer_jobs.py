@@ -15,7 +15,8 @@ import pytest
 from torch import nn
 
 from explorer import jobs
-from explorer.handlers import BUNDLED_PHOTOS, REPLACED, Handlers
+from explorer.events import BUNDLED_PHOTOS, REPLACED
+from explorer.handlers import Handlers
 from explorer.jobs import EXPLAIN, SLOW, Runs, WorkSlots
 from explorer.session import Session
 from explorer.uploads import PhotoGate

@@ -130,6 +130,7 @@ PEAK = textwrap.dedent(
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.slow  # a full-resolution photo at the largest accepted shape
 def test_the_worst_accepted_shape_stays_within_250_mb(tmp_path):
     """The explorer resizes the photo's shorter side (256 px for Lite0) and draws it at
     up to three times that, so the costliest shape is the longest one accepted:

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torchvision
 
-from explorer import render
+from explorer.cache import offered_models
 from explorer.handlers import Handlers
-from explorer.session import Session, offered_models
+from explorer.session import Session
+from explorer.tabs import explain_draw
 from explorer.ui import build_demo
 from tests.explorer_files import PHOTOS
 from tgrad import models
@@ -99,17 +100,17 @@ def test_offline_the_picker_offers_the_three_packaged_models(offline):
 def test_online_every_model_is_offered_with_its_download_size(online):
     offered = {m.name: m for m in offered_models()}
     assert list(offered) == list(models.MODEL_NAMES)  # the offline default first
-    vgg = render.model_choice(offered["vgg16"])
+    vgg = explain_draw.model_choice(offered["vgg16"])
     assert vgg == (
         "VGG-16 (the paper's model) · piecewise linear · 553 MB download on first use",
         "vgg16",
     )
-    assert render.model_choice(offered["efficientnet_lite1"]) == (
+    assert explain_draw.model_choice(offered["efficientnet_lite1"]) == (
         "EfficientNet-Lite1 (240 px) · piecewise linear",
         "efficientnet_lite1",
     )
     for name in ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"):  # issue 14
-        label, _ = render.model_choice(offered[name])
+        label, _ = explain_draw.model_choice(offered[name])
         assert " · exact via intercepts · " in label and "MB download on first use" in label
     props = dropdown(build_demo(Session()))["props"]
     assert len(props["choices"]) == len(models.MODEL_NAMES)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import render
+from explorer import explanation
+from explorer.explanation import SANITY_MAP_SIZE
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import SANITY_MAP_SIZE, Session
+from explorer.session import Session
 from tests.explorer_files import Request
 from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
@@ -130,4 +131,4 @@ def test_unknown_measures_are_refused(handlers, measure):
 
 
 def test_render_titles():
-    assert render.method_label("guided_backprop") == "Guided Backprop"
+    assert explanation.method_label("guided_backprop") == "Guided Backprop"

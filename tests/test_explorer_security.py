@@ -23,10 +23,11 @@ import httpx
 import pytest
 from torch import nn
 
-from explorer import render
+from explorer.explanation import content_key, parse_key
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import Session, content_key, parse_key
+from explorer.session import Session
 from explorer.uploads import UNUSABLE, PhotoGate, PhotoRejected
+from explorer.view import ALONE
 from tests.explorer_files import PHOTOS, FakeLoaded
 from tgrad.models import DEFAULT_MODEL
 
@@ -144,8 +145,8 @@ def test_every_photo_event_uses_the_gate(handlers, places):
         (handlers.show_layers, 6),
     ):
         with pytest.raises(gr.Error, match=UNUSABLE_RE):
-            event("", 0, render.ALONE, 0.5, outside)
-        assert event("", 0, render.ALONE, 0.5, None) == (gr.skip(),) * outputs
+            event("", 0, ALONE, 0.5, outside)
+        assert event("", 0, ALONE, 0.5, None) == (gr.skip(),) * outputs
     assert handlers.session.computed == computed
 
 
@@ -161,9 +162,9 @@ def test_non_numeric_view_values_are_user_errors(handlers, value):
     with pytest.raises(gr.Error, match="opacity must be a number from 0 to 1"):
         handlers.explain(photo, DEFAULT_MODEL, None, value)
     with pytest.raises(gr.Error, match="opacity must be a number"):
-        handlers.render_opacity("", 0, render.ALONE, value, photo)
+        handlers.render_opacity("", 0, ALONE, value, photo)
     with pytest.raises(gr.Error, match="layer position must be a number"):
-        handlers.render_layer("", value, render.ALONE, 0.5, photo)
+        handlers.render_layer("", value, ALONE, 0.5, photo)
 
 
 def test_view_mode_and_model_must_be_known_choices(handlers):
@@ -233,7 +234,7 @@ def test_explanation_work_is_limited_process_wide(places):
         handlers.explain(photos[index], "slow", None, 0.5)
 
     def render_layer(index):  # a private event with an unknown key recomputes
-        handlers.render_layer(keys[index], 0, render.ALONE, 0.5, photos[index])
+        handlers.render_layer(keys[index], 0, ALONE, 0.5, photos[index])
 
     jobs = [threading.Thread(target=explain, args=(i,)) for i in range(3)]
     jobs += [threading.Thread(target=render_layer, args=(i,)) for i in range(3, 6)]
@@ -285,20 +286,20 @@ def join(
     return next(m for m in messages if m.get("msg") == "process_completed")
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     demo, client = server
     for path in (str(places["outside"] / "secret.jpg"), "/etc/hostname", "/etc", "/dev/zero"):
         event, payload = call(client, "explain", [{"path": path}, DEFAULT_MODEL, None, 0.5])
         assert event == "error" and payload["error"] == UNUSABLE, path
-    done = join(
-        client, demo, "render_layer", ["", 0, render.ALONE, 0.5, {"path": "/etc/hostname"}, None]
-    )
+    done = join(client, demo, "render_layer", ["", 0, ALONE, 0.5, {"path": "/etc/hostname"}, None])
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     # a bundled photo is still fine
     event, payload = call(client, "explain", [{"path": str(PHOTOS["coffee"])}, None, None, 0.5])
     assert event == "complete" and payload[1]["label"] == "967: espresso ← explained"
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_api_values_give_short_messages(server):
     _, client = server
     photo = {"path": str(PHOTOS["coffee"])}
@@ -308,11 +309,12 @@ def test_raw_api_values_give_short_messages(server):
     assert event == "error" and len(payload["error"]) < 200
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_raw_events_of_the_classroom_extras_check_their_values(server, places):
     """The colour map, the jump to a layer, the link and the figures, sent by hand."""
     demo, client = server
     photo = {"path": str(PHOTOS["coffee"])}
-    view = ["", 0, render.ALONE, 0.5]
+    view = ["", 0, ALONE, 0.5]
     done = join(client, demo, "render_colours", [*view, photo, "<img src=x>"])
     assert not done["success"]
     assert done["output"]["error"] == "The colour map must be one of: viridis, jet."
@@ -333,10 +335,11 @@ def test_raw_events_of_the_classroom_extras_check_their_values(server, places):
     # a real figures download through the page's event: a zip in Gradio's cache
     event, payload = call(client, "explain", [photo, DEFAULT_MODEL, None, 0.5])
     assert event == "complete"
-    done = join(client, demo, "figures", [payload[3], 3, render.ALONE, 0.5, photo, "jet"])
+    done = join(client, demo, "figures", [payload[3], 3, ALONE, 0.5, photo, "jet"])
     assert done["success"] and done["output"]["data"][0]["path"].endswith(".zip")
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_only_the_photos_are_served(server):
     _, client = server
     assets = BUNDLED_PHOTOS[0].parent
@@ -352,6 +355,7 @@ def resident_mb() -> float:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.slow  # a served app, called over HTTP
 def test_sessions_kept_by_the_server_are_bounded(server):
     """Gradio keeps ~135 KiB of state per session of this page (measured: 135 MiB after 1000
     API calls with its default capacity of 10,000). Once the capacity is reached, 500 more
@@ -387,6 +391,7 @@ def predict(client: httpx.Client, demo: gr.Blocks, name: str, data: list) -> htt
     return client.post("/gradio_api/run/predict", json=body)
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_only_gradios_example_loader_keeps_its_preprocessing(server):
     """Every event of the app takes its inputs raw and checks them itself; only Gradio's
     own example loader preprocesses (an index into the examples, checked first by the
@@ -403,6 +408,7 @@ def test_only_gradios_example_loader_keeps_its_preprocessing(server):
     assert preprocessed == []
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_refusals_are_the_apps_own_messages_and_one_log_line(server, places, caplog, capfd):
     """Payloads that Gradio itself refused before any handler ran, with ``{"error":
     null}`` (the client's "has not enabled verbose error reporting") and a traceback."""
@@ -453,6 +459,7 @@ def test_refusals_are_the_apps_own_messages_and_one_log_line(server, places, cap
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_the_model_pickers_event_never_echoes_its_value(server, caplog, capfd):
     demo, client = server
     caplog.set_level(logging.INFO)
@@ -466,6 +473,7 @@ def test_the_model_pickers_event_never_echoes_its_value(server, caplog, capfd):
     assert "x" * 100 not in logged and "<img" not in logged and "Traceback" not in logged
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
     """Gradio downloads a file payload whose path is a URL (it resolves the host first);
     the guard refuses it before. The resolver is watched for the test's host."""
@@ -490,11 +498,12 @@ def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
     for payload in payloads:
         event, answer = call(client, "explain", [payload, None, None, 0.5])
         assert event == "error" and answer["error"] == UNUSABLE, payload
-    done = join(client, demo, "render_layer", ["", 0, render.ALONE, 0.5, payloads[1], None])
+    done = join(client, demo, "render_layer", ["", 0, ALONE, 0.5, payloads[1], None])
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     assert not any("tgrad-test" in str(host) for host in looked_up)
 
 
+@pytest.mark.slow  # a served app, called over HTTP
 def test_an_older_compare_call_without_the_colour_map_still_works(server):
     _, client = server
     event, payload = call(

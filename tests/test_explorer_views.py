@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer import render, share
+from explorer import draw, share
+from explorer.chart import CHART_JS, chart_html
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import Session
+from explorer.tabs import explain_draw
 from explorer.uploads import PhotoGate
+from explorer.view import ALONE, CUMULATIVE
 from tests.explorer_files import PHOTOS, Request
 from tgrad import viz
 from tgrad.models import DEFAULT_MODEL
@@ -47,12 +50,10 @@ def select(index: object) -> gr.SelectData:
 
 
 def test_the_colour_map_changes_every_picture_and_says_which_it_is(handlers, coffee):
-    bar, scale, overlay, layer, grid = handlers.render_colours(
-        coffee, 5, render.ALONE, 1.0, None, "jet"
-    )
+    bar, scale, overlay, layer, grid = handlers.render_colours(coffee, 5, ALONE, 1.0, None, "jet")
     assert "jet (as in the paper)" in scale and "99th percentile" in scale
     np.testing.assert_array_equal(bar, viz.colorbar_pixels("jet"))
-    default = handlers.render_colours(coffee, 5, render.ALONE, 1.0, None, None)
+    default = handlers.render_colours(coffee, 5, ALONE, 1.0, None, None)
     assert "viridis (perceptually uniform)" in default[1]
     # at opacity 1 the overlay is the colour map itself: every picture changes with it
     for jet, viridis in zip((overlay, layer), default[2:4], strict=True):
@@ -64,12 +65,8 @@ def test_the_colour_map_changes_every_picture_and_says_which_it_is(handlers, cof
     assert (default[3].reshape(-1, 3) == top["viridis"]).all(axis=1).any()
     assert len(grid) == len(default[4]) == 50
     # the other views follow the colour map they are given
-    assert np.array_equal(
-        handlers.render_layer(coffee, 5, render.ALONE, 1.0, None, "jet")[0], layer
-    )
-    assert np.array_equal(
-        handlers.render_opacity(coffee, 5, render.ALONE, 1.0, None, "jet")[0], overlay
-    )
+    assert np.array_equal(handlers.render_layer(coffee, 5, ALONE, 1.0, None, "jet")[0], layer)
+    assert np.array_equal(handlers.render_opacity(coffee, 5, ALONE, 1.0, None, "jet")[0], overlay)
 
 
 def _one():
@@ -81,7 +78,7 @@ def _one():
 @pytest.mark.parametrize("hostile", ["hot", "<b>jet</b>", 3, ["jet"], "j" * 10_000])
 def test_an_unknown_colour_map_is_refused_by_name(handlers, coffee, hostile):
     with pytest.raises(gr.Error, match=r"The colour map must be one of: viridis, jet\."):
-        handlers.render_colours(coffee, 0, render.ALONE, 0.5, None, hostile)
+        handlers.render_colours(coffee, 0, ALONE, 0.5, None, hostile)
 
 
 # ------------------------------------------------------------------ the grid and jumping
@@ -89,14 +86,14 @@ def test_an_unknown_colour_map_is_refused_by_name(handlers, coffee, hostile):
 
 def test_the_grid_is_figure_2_in_slider_order(handlers, coffee):
     explanation = handlers.session.lookup(coffee)
-    grid = render.layer_gallery(explanation)
+    grid = explain_draw.layer_gallery(explanation)
     assert len(grid) == explanation.positions
     for position in (0, 4, 30, 49):
         picture, caption = grid[position]
         assert caption.split(" · ")[0] == str(position)
-        assert picture.shape == (render.GALLERY_SIZE, render.GALLERY_SIZE, 3)
+        assert picture.shape == (explain_draw.GALLERY_SIZE, explain_draw.GALLERY_SIZE, 3)
         # the picture is that position's own map (the slider's "alone" view), small
-        small = render.map_overlay(
+        small = draw.map_overlay(
             np.asarray(Image.fromarray(explanation.pixels).resize((112, 112), Image.BILINEAR)),
             explanation.layer_map(position, cumulative=False),
             0.6,
@@ -124,29 +121,29 @@ def test_a_click_on_the_grid_or_a_bar_moves_the_slider_there(handlers, coffee):
 
 def test_every_bar_with_a_map_carries_its_slider_position(handlers, coffee):
     explanation = handlers.session.lookup(coffee)
-    chart = render.chart_html(explanation, 3, render.ALONE)
+    chart = chart_html(explanation, 3, ALONE)
     assert chart.count("data-pos=") == explanation.positions  # the classifier bias: none
     assert 'data-pos="0"' in chart and f'data-pos="{explanation.positions - 1}"' in chart
-    assert "trigger('select'" in render.CHART_JS
+    assert "trigger('select'" in CHART_JS
 
 
 # ------------------------------------------------------------------------------ the link
 
 
 def test_a_link_names_the_view_and_reads_back_to_it(handlers, coffee):
-    query = handlers.view_link(coffee, 20, render.CUMULATIVE, "jet")
+    query = handlers.view_link(coffee, 20, CUMULATIVE, "jet")
     assert (
         query == f"?photo=coffee&model={DEFAULT_MODEL}&class=967&layer=20&mode=cumulative&cmap=jet"
     )
     params = dict(pair.split("=") for pair in query[1:].split("&"))
     view, ignored = share.parse_query(params, list(handlers_photos()), [DEFAULT_MODEL], 1000)
     assert ignored == []
-    assert view == share.View("coffee", DEFAULT_MODEL, "967", 20, render.CUMULATIVE, "jet")
+    assert view == share.LinkedView("coffee", DEFAULT_MODEL, "967", 20, CUMULATIVE, "jet")
     # the page applies it: the bundled photo, the class, the position, the mode, the map
     photo, model, target, layer, mode, cmap = handlers.open_link(Request("a", params))
     assert Path(photo) == PHOTOS["coffee"] and (model, target, layer) == (DEFAULT_MODEL, "967", 20)
-    assert (mode, cmap) == (render.CUMULATIVE, "jet")
-    assert handlers.view_link("", 3, render.ALONE) == gr.skip()  # nothing explained yet
+    assert (mode, cmap) == (CUMULATIVE, "jet")
+    assert handlers.view_link("", 3, ALONE) == gr.skip()  # nothing explained yet
 
 
 def handlers_photos() -> list[str]:
@@ -157,7 +154,7 @@ def test_a_link_made_from_an_uploaded_photo_says_to_upload_it_again(handlers, tm
     upload = tmp_path / "mine.png"
     Image.open(PHOTOS["chelsea"]).save(upload)  # not the bytes of a bundled photo
     key = handlers.explain(str(upload), DEFAULT_MODEL, None, 0.5)[3]
-    query = handlers.view_link(key, 0, render.ALONE, None)
+    query = handlers.view_link(key, 0, ALONE, None)
     assert query.startswith(f"?photo=upload&model={DEFAULT_MODEL}&class=")
     assert handlers.link_note(key) == share.LINK_WITHOUT_PHOTO  # beside the link
     # whoever opens it is told to upload the photo again; the rest of the view applies
@@ -171,7 +168,7 @@ def test_a_link_made_from_an_uploaded_photo_says_to_upload_it_again(handlers, tm
     copy = tmp_path / "copy.jpg"
     shutil.copy(PHOTOS["chelsea"], copy)
     key = handlers.explain(str(copy), DEFAULT_MODEL, None, 0.5)[3]
-    assert handlers.view_link(key, 0, render.ALONE, None).startswith("?photo=chelsea&")
+    assert handlers.view_link(key, 0, ALONE, None).startswith("?photo=chelsea&")
     assert handlers.link_note(key) == "" and handlers.link_note("") == ""
 
 
@@ -213,7 +210,7 @@ def test_a_link_applies_what_it_can(handlers):
 
 
 def test_the_figures_zip_holds_the_view_and_its_numbers(handlers, coffee):
-    path = Path(handlers.figures(coffee, 20, render.CUMULATIVE, 0.7, None, "jet"))
+    path = Path(handlers.figures(coffee, 20, CUMULATIVE, 0.7, None, "jet"))
     assert path.parent == share_folder() and path.name.startswith(
         f"t-grad-{DEFAULT_MODEL}-class967-position20-"
     )
@@ -231,20 +228,21 @@ def test_the_figures_zip_holds_the_view_and_its_numbers(handlers, coffee):
         numbers = json.loads(archive.read("numbers.json"))
         # the pictures are the page's, pixel for pixel
         np.testing.assert_array_equal(
-            picture("overlay.png"), render.saliency_overlay(explanation, 0.7, "jet")
+            picture("overlay.png"), explain_draw.saliency_overlay(explanation, 0.7, "jet")
         )
         np.testing.assert_array_equal(
             picture("layer.png"),
-            render.layer_overlay(explanation, 20, render.CUMULATIVE, 0.7, "jet"),
+            explain_draw.layer_overlay(explanation, 20, CUMULATIVE, 0.7, "jet"),
         )
         np.testing.assert_array_equal(picture("colorbar.png"), viz.colorbar_pixels("jet"))
         # the grid: eight maps a row, 6 px apart, then the colour bar of the view
         grid = picture("layers.png")
         bar = viz.colorbar_pixels("jet")
-        assert grid.shape[1] == 8 * render.FIGURE_SIZE + 7 * 6
+        assert grid.shape[1] == 8 * explain_draw.FIGURE_SIZE + 7 * 6
         np.testing.assert_array_equal(grid[-bar.shape[0] :, : bar.shape[1]], bar)
         np.testing.assert_array_equal(
-            grid[: -bar.shape[0] - 6], render.layer_figure(explanation, "jet")[: -bar.shape[0] - 6]
+            grid[: -bar.shape[0] - 6],
+            explain_draw.layer_figure(explanation, "jet")[: -bar.shape[0] - 6],
         )
         assert picture("chart.png").shape[2] in (3, 4)
     # the numbers add up to the logit (completeness), and name the view
@@ -273,7 +271,7 @@ def test_the_figures_are_titled_as_the_page_titles_them(handlers, coffee, monkey
         "decomposition_chart",
         lambda *a, **kw: drawn.setdefault("chart", (a, kw)) and chart(*a, **kw),
     )
-    handlers.figures(coffee, 20, render.ALONE, 0.5, None, None)
+    handlers.figures(coffee, 20, ALONE, 0.5, None, None)
     explanation = handlers.session.lookup(coffee)
     titles = drawn["titles"]
     assert len(titles) == explanation.positions
@@ -284,14 +282,14 @@ def test_the_figures_are_titled_as_the_page_titles_them(handlers, coffee, monkey
 
 
 def share_folder() -> Path:
-    from explorer.handlers import FIGURES_DIR
+    from explorer.tabs.explain_events import FIGURES_DIR
 
     return FIGURES_DIR
 
 
 def test_figures_need_an_explanation(handlers):
     with pytest.raises(gr.Error, match="Explain a photo first"):
-        handlers.figures("", 0, render.ALONE, 0.5, None, None)
+        handlers.figures("", 0, ALONE, 0.5, None, None)
 
 
 # ------------------------------------------------------------------ the fast PNG writers

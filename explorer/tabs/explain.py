@@ -12,15 +12,22 @@ Events, and what they cost:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from explorer import render, widgets
-from explorer.handlers import BUNDLED_PHOTOS, Handlers
-from explorer.session import MAX_TARGET_TEXT
+from explorer import widgets
+from explorer.chart import CHART_CSS, CHART_JS
+from explorer.draw import COLOUR_SCALE
+from explorer.events import BUNDLED_PHOTOS
+from explorer.explanation import MAX_TARGET_TEXT
+from explorer.view import ALONE, MODES, QUERY_MODES
 from tgrad import viz
+
+if TYPE_CHECKING:
+    from explorer.handlers import Handlers
 
 
 def example_photos() -> list[list[str]]:
@@ -42,6 +49,24 @@ class ExplainTab:
 BIG = 520
 """Height in pixels of the two large pictures (the overlay and the layer view)."""
 
+ADDRESS_BAR_JS = """
+(query, layer, mode, cmap) => {
+  if (!query) return window.location.href;
+  const params = new URLSearchParams(query);
+  const modes = MODES;
+  params.set('layer', String(layer));
+  if (mode in modes) params.set('mode', modes[mode]);
+  params.set('cmap', cmap);
+  const url = new URL(window.location.href);
+  url.search = '?' + params.toString();
+  window.history.replaceState(null, '', url);
+  return url.toString();
+}
+""".replace("MODES", json.dumps({shown: name for name, shown in QUERY_MODES.items()}))
+"""Puts the view's link in the address bar and returns it for the page's link box: the
+server's query string for the explanation shown (:func:`explorer.share.view_query`),
+with the slider position, view and colour map as they are now in the page."""
+
 
 def build(
     handlers: Handlers,
@@ -52,9 +77,10 @@ def build(
 ) -> ExplainTab:
     """Lay out the Explain tab inside the current ``gr.Tabs`` and wire its events.
 
-    ``models`` are the model picker's ``(label, name)`` choices (:func:`render.model_choice`),
-    ``downloads`` whether some of them download on first use. With ``demo``, a link's
-    view (:mod:`explorer.share`) is applied when the page loads.
+    ``models`` are the model picker's ``(label, name)`` choices
+    (:func:`~explorer.tabs.explain_draw.model_choice`), ``downloads`` whether some of them
+    download on first use. With ``demo``, a link's view (:mod:`explorer.share`) is
+    applied when the page loads.
     """
     with gr.Tab("Explain", id="explain-tab", elem_id="explain-tab"):
         with gr.Row(equal_height=False):
@@ -102,15 +128,11 @@ def build(
                     elem_id="top5",
                 )
             with gr.Column(scale=1, min_width=300):
-                overlay = gr.Image(
-                    label="T-Grad saliency (over the crop of the photo the model saw)",
-                    format="png",
-                    type="numpy",
-                    interactive=False,
+                overlay = widgets.picture(
+                    "T-Grad saliency (over the crop of the photo the model saw)",
+                    "T-Grad saliency map over the photo",
+                    "overlay",
                     height=BIG,
-                    buttons=["fullscreen", "download"],
-                    alt_text="T-Grad saliency map over the photo",
-                    elem_id="overlay",
                 )
                 colorbar = gr.Image(
                     viz.colorbar_pixels(),
@@ -122,7 +144,7 @@ def build(
                     alt_text="Colour bar from low to high saliency",
                     elem_id="colorbar",
                 )
-                scale = gr.Markdown(render.COLOUR_SCALE, elem_id="colour-scale")
+                scale = gr.Markdown(COLOUR_SCALE, elem_id="colour-scale")
                 with gr.Row():
                     cmap = gr.Radio(
                         [(label, name) for name, label in viz.CMAPS.items()],
@@ -148,21 +170,17 @@ def build(
                     elem_id="layer-slider",
                 )
                 mode = gr.Radio(
-                    list(render.MODES),
-                    value=render.ALONE,
+                    list(MODES),
+                    value=ALONE,
                     label="Show",
                     elem_id="layer-mode",
                 )
                 caption = gr.Markdown(elem_id="layer-caption")
-                layer_image = gr.Image(
-                    label="Layer map over the photo",
-                    format="png",
-                    type="numpy",
-                    interactive=False,
+                layer_image = widgets.picture(
+                    "Layer map over the photo",
+                    "The selected layer's map over the photo",
+                    "layer-image",
                     height=BIG,
-                    buttons=["fullscreen", "download"],
-                    alt_text="The selected layer's map over the photo",
-                    elem_id="layer-image",
                 )
             with gr.Column(scale=1, min_width=300):
                 chart = gr.HTML(
@@ -170,8 +188,8 @@ def build(
                     label="Decomposition of the logit (click a bar to see its map)",
                     show_label=True,
                     container=True,
-                    css_template=render.CHART_CSS,
-                    js_on_load=render.CHART_JS,
+                    css_template=CHART_CSS,
+                    js_on_load=CHART_JS,
                     elem_id="decomposition-chart",
                 )
                 with gr.Row():
@@ -303,7 +321,7 @@ def build(
         None,
         [query, layer, mode, cmap],
         link,
-        js=render.ADDRESS_BAR_JS,
+        js=ADDRESS_BAR_JS,
         queue=False,
     )
     if demo is not None:
