@@ -1,0 +1,276 @@
+// The layer view drawn in the browser (see explorer/canvas.py for the payload and the
+// conventions: bilinear upsampling with align_corners=False, robust scale, the colour
+// map's table indexed by floor(v * 256), blend (1 - a) * photo + a * colour, rounded).
+// Installs window.tgradCanvas = {load, step, state}; every view control's change calls
+// step() in the browser only (no request to the server).
+window.tgradCanvas = (() => {
+  const state = {
+    data: null, // the parsed payload
+    photo: null, // Uint8ClampedArray RGBA of the backdrop, once decoded
+    view: null, // {layer, mode, opacity, cmap} as last asked
+    tables: {}, // colour map name -> Uint8Array(768)
+    alone: [], // per position: {grid, values: Float32Array} (units of the robust scale)
+    partials: [], // per position: {grid, values} (the map's own units)
+    generation: 0, // counts loads, so that a stale photo decode draws nothing
+    drawn: 0, // frames drawn (for tests and the benchmark)
+    lastDraw: null, // {layer, mode, opacity, cmap, ms} of the last frame drawn
+    blobUrls: {}, // element id -> the object URL last given to its <img>
+  };
+
+  const bytes = (text) => {
+    const binary = atob(text);
+    const out = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+    return out;
+  };
+
+  const decode = (entry) => {
+    const codes = bytes(entry.codes);
+    const [h, w] = entry.grid;
+    if (codes.length !== h * w) throw new Error('payload: a map has the wrong size');
+    const values = new Float32Array(h * w);
+    const step = entry.top / 255;
+    for (let i = 0; i < values.length; i++) values[i] = codes[i] * step;
+    return {grid: [h, w], values};
+  };
+
+  // torch's bilinear interpolation, align_corners=False: source = (dst + 0.5) * in/out
+  // - 0.5, clamped at 0; the next cell clamped at the edge.
+  const axis = (size, out) => {
+    const lo = new Int32Array(out), hi = new Int32Array(out), frac = new Float32Array(out);
+    const scale = size / out;
+    for (let d = 0; d < out; d++) {
+      const source = Math.max(scale * (d + 0.5) - 0.5, 0);
+      const i = Math.floor(source);
+      lo[d] = i;
+      hi[d] = i < size - 1 ? i + 1 : i;
+      frac[d] = source - i;
+    }
+    return {lo, hi, frac};
+  };
+  const axes = {};
+  const axisOf = (size, out) => (axes[size + ':' + out] ||= axis(size, out));
+
+  const upsample = (values, [h, w], [H, W], into = null) => {
+    const out = into || new Float32Array(H * W);
+    if (h === H && w === W) {
+      if (into) for (let i = 0; i < out.length; i++) out[i] += values[i];
+      else out.set(values);
+      return out;
+    }
+    const ys = axisOf(h, H), xs = axisOf(w, W);
+    for (let y = 0; y < H; y++) {
+      const r0 = ys.lo[y] * w, r1 = ys.hi[y] * w, fy = ys.frac[y], gy = 1 - fy;
+      const row = y * W;
+      for (let x = 0; x < W; x++) {
+        const c0 = xs.lo[x], c1 = xs.hi[x], fx = xs.frac[x], gx = 1 - fx;
+        const v = gy * (gx * values[r0 + c0] + fx * values[r0 + c1]) +
+          fy * (gx * values[r1 + c0] + fx * values[r1 + c1]);
+        if (into) out[row + x] += v; else out[row + x] = v;
+      }
+    }
+    return out;
+  };
+
+  // What the view shows, in [0, inf) units of its robust scale (clipped when coloured).
+  const unitMap = (position, cumulative) => {
+    const data = state.data;
+    const size = data.size;
+    if (!cumulative) return upsample(state.alone[position].values, state.alone[position].grid, size);
+    const latest = new Map(); // grid -> the partial at the last position <= k on it
+    for (let k = 0; k <= position; k++) latest.set(state.partials[k].grid.join('x'), state.partials[k]);
+    const [h, w] = data.input;
+    const sum = new Float32Array(h * w);
+    for (const partial of latest.values()) upsample(partial.values, partial.grid, data.input, sum);
+    const full = upsample(sum, data.input, size);
+    const scale = data.scale[position];
+    const inverse = scale > 0 ? 1 / scale : 0;
+    for (let i = 0; i < full.length; i++) full[i] *= inverse;
+    return full;
+  };
+
+  const paint = (canvas, unit, opacity, table) => {
+    const [H, W] = state.data.size;
+    if (canvas.width !== W || canvas.height !== H) {
+      canvas.width = W;
+      canvas.height = H;
+    }
+    const context = canvas.getContext('2d');
+    const image = context.createImageData(W, H);
+    const out = image.data, photo = state.photo;
+    const keep = Math.fround(1 - opacity), add = Math.fround(opacity);
+    for (let i = 0, p = 0; i < unit.length; i++, p += 4) {
+      const v = unit[i];
+      const index = v >= 1 ? 255 : v > 0 ? Math.floor(v * 256) : 0;
+      const t = index * 3;
+      out[p] = Math.round(keep * photo[p] + add * table[t]);
+      out[p + 1] = Math.round(keep * photo[p + 1] + add * table[t + 1]);
+      out[p + 2] = Math.round(keep * photo[p + 2] + add * table[t + 2]);
+      out[p + 3] = 255;
+    }
+    context.putImageData(image, 0, 0);
+  };
+
+  // The canvas lives inside the element (#layer-image, #overlay), laid exactly over its
+  // <img>; the <img> gets the same picture a moment later (for downloads and readers).
+  const canvasIn = (id) => {
+    const element = document.getElementById(id);
+    const img = element && element.querySelector('img');
+    if (!img) return null;
+    let canvas = element.querySelector('canvas.tg-canvas');
+    if (!canvas || canvas.parentElement !== img.parentElement) {
+      if (canvas) canvas.remove();
+      canvas = document.createElement('canvas');
+      canvas.className = 'tg-canvas';
+      canvas.setAttribute('role', 'img');
+      canvas.setAttribute('aria-label', img.getAttribute('alt') || '');
+      img.parentElement.insertBefore(canvas, img.nextSibling);
+      if (getComputedStyle(img.parentElement).position === 'static') img.parentElement.style.position = 'relative';
+    }
+    const style = getComputedStyle(img);
+    Object.assign(canvas.style, {
+      position: 'absolute', left: img.offsetLeft + 'px', top: img.offsetTop + 'px',
+      width: img.offsetWidth + 'px', height: img.offsetHeight + 'px',
+      objectFit: style.objectFit, pointerEvents: 'none',
+    });
+    return {canvas, img};
+  };
+
+  const mirrors = {};
+  const mirror = (id, canvas, img) => {
+    clearTimeout(mirrors[id]);
+    mirrors[id] = setTimeout(() => canvas.toBlob((blob) => {
+      if (!blob) return;
+      const old = state.blobUrls[id];
+      state.blobUrls[id] = URL.createObjectURL(blob);
+      img.src = state.blobUrls[id];
+      if (old) URL.revokeObjectURL(old);
+    }, 'image/png'), 300);
+  };
+
+  const modes = () => state.data.modes;
+  const clampLayer = (layer) => Math.min(Math.max(Math.round(Number(layer) || 0), 0), state.data.positions - 1);
+  const opacityOf = (opacity) => Math.min(Math.max(Number(opacity), 0), 1) || 0;
+
+  const highlight = (position, cumulative) => {
+    const chart = document.getElementById('decomposition-chart');
+    const current = state.data.terms[position];
+    if (chart) {
+      chart.querySelectorAll('.tg-col').forEach((column, index) => {
+        const bar = column.firstElementChild;
+        if (!bar) return;
+        bar.classList.toggle('tg-cur', index === current);
+        const later = column.dataset.pos !== undefined && Number(column.dataset.pos) > position;
+        bar.classList.toggle('tg-dim', cumulative && later && index !== current);
+      });
+      chart.querySelectorAll('tbody tr').forEach((row, index) => {
+        if (index === current) row.setAttribute('aria-current', 'true');
+        else row.removeAttribute('aria-current');
+      });
+      const caption = chart.querySelector('figcaption');
+      if (caption) caption.innerHTML = state.data.chart[position];
+      const legend = chart.querySelector('.tg-legend');
+      const dim = legend && legend.querySelector('.tg-dim');
+      if (legend && cumulative && !dim) {
+        legend.insertAdjacentHTML('beforeend', '<span><i class="tg-key tg-pos tg-dim"></i>not yet included</span>');
+      } else if (legend && !cumulative && dim) dim.parentElement.remove();
+    }
+    const grid = document.getElementById('layer-grid');
+    if (grid) {
+      grid.querySelectorAll('.thumbnail-item').forEach((item, index) => {
+        item.classList.toggle('tg-here', index === position);
+      });
+    }
+  };
+
+  const draw = () => {
+    const data = state.data, view = state.view;
+    if (!data || !state.photo || !view) return false;
+    const start = performance.now();
+    const table = state.tables[view.cmap] || state.tables[Object.keys(state.tables)[0]];
+    const position = clampLayer(view.layer);
+    const cumulative = view.mode === modes().cumulative;
+    const layer = canvasIn('layer-image');
+    if (layer) {
+      paint(layer.canvas, unitMap(position, cumulative), opacityOf(view.opacity), table);
+      mirror('layer-image', layer.canvas, layer.img);
+    }
+    const overlay = canvasIn('overlay');
+    const opacity = opacityOf(view.opacity);
+    if (overlay && (!state.overlayDrawn || state.overlayDrawn !== view.cmap + ':' + opacity)) {
+      paint(overlay.canvas, unitMap(data.positions - 1, true), opacity, table);
+      mirror('overlay', overlay.canvas, overlay.img);
+      state.overlayDrawn = view.cmap + ':' + opacity;
+    }
+    highlight(position, cumulative);
+    state.drawn += 1;
+    state.lastDraw = {layer: position, mode: view.mode, opacity, cmap: view.cmap, ms: performance.now() - start};
+    return true;
+  };
+
+  const caption = () => {
+    if (!state.data || !state.view) return '';
+    const position = clampLayer(state.view.layer);
+    return state.data.captions[state.view.mode]?.[position] ?? state.data.captions[modes().alone][position];
+  };
+
+  const setView = (layer, mode, opacity, cmap) => { state.view = {layer, mode, opacity, cmap}; };
+
+  const load = (text, layer, mode, opacity, cmap) => {
+    setView(layer, mode, opacity, cmap);
+    if (!text) return [];
+    const data = JSON.parse(text);
+    if (data.version !== 1) return [];
+    const generation = ++state.generation;
+    state.data = data;
+    state.photo = null;
+    state.overlayDrawn = null;
+    state.tables = {};
+    for (const [name, table] of Object.entries(data.cmaps)) state.tables[name] = bytes(table);
+    state.alone = data.alone.map(decode);
+    state.partials = data.partials.map(decode);
+    const picture = new Image();
+    picture.onload = () => {
+      if (generation !== state.generation) return;
+      const [H, W] = data.size;
+      const scratch = document.createElement('canvas');
+      scratch.width = W;
+      scratch.height = H;
+      const context = scratch.getContext('2d');
+      context.drawImage(picture, 0, 0);
+      state.photo = context.getImageData(0, 0, W, H).data;
+      draw();
+    };
+    picture.src = data.photo;
+    return [];
+  };
+
+  const step = (text, layer, mode, opacity, cmap) => {
+    setView(layer, mode, opacity, cmap);
+    draw();
+    return caption();
+  };
+
+  // a picture the server sends later (the next explanation's first view) replaces the
+  // <img> or its parent: lay the canvas over it again
+  const watch = () => {
+    for (const id of ['layer-image', 'overlay']) {
+      const element = document.getElementById(id);
+      if (!element || element.dataset.tgWatched) continue;
+      element.dataset.tgWatched = '1';
+      new MutationObserver(() => {
+        const img = element.querySelector('img');
+        const canvas = element.querySelector('canvas.tg-canvas');
+        if (img && (!canvas || canvas.parentElement !== img.parentElement)) {
+          state.overlayDrawn = null;
+          draw();
+        }
+      }).observe(element, {childList: true, subtree: true});
+    }
+  };
+  watch();
+  const style = document.createElement('style');
+  style.textContent = '#layer-grid .thumbnail-item.tg-here { outline: 3px solid #ff7f0e; outline-offset: -3px; }';
+  document.head.appendChild(style);
+  return {load, step, draw, state};
+})();
