@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import render, widgets
+from explorer import canvas, render, widgets
 from explorer.handlers import BUNDLED_PHOTOS, Handlers
 from explorer.session import MAX_TARGET_TEXT
 from tgrad import viz
@@ -206,6 +206,7 @@ def build(
             )
             decomposition = gr.JSON(label="Decomposition", elem_id="decomposition")
         query = gr.Textbox(visible=False, elem_id="view-query")
+        drawing = gr.Textbox(visible=False, elem_id="canvas-data")  # explorer.canvas
         requested = gr.State(0)
 
     for picture in (overlay, layer_image, gallery):  # sent on every step: encode fast
@@ -239,7 +240,8 @@ def build(
     def show(explained: Any, position: Any = layer) -> None:
         """After an explanation: the layer view (slider at ``position``), then the grid."""
         inputs = [key, position, mode, opacity, image, cmap]
-        explained.success(handlers.show_layers, inputs, layer_outputs, **private).success(
+        drawn = explained.success(handlers.canvas_data, [key, image], drawing, **private)
+        drawn.success(handlers.show_layers, inputs, layer_outputs, **private).success(
             handlers.show_grid, grid_inputs, gallery, **private
         )
 
@@ -274,14 +276,20 @@ def build(
     explain_and_show(target.submit(*check, **private))
     explain_and_show(top5.select(handlers.pick_target, None, target, **private))
     explain_and_show(examples.load_input_event)  # a bundled photo is explained on click
-    gr.on(
-        [layer.change, mode.change],
-        handlers.render_layer,
-        view_inputs,
-        [layer_image, caption, chart],
-        **render_options,
+    # every view step is drawn in the browser from the explanation's drawing data
+    browser_view = [drawing, layer, mode, opacity, cmap]
+    drawing.change(
+        None, browser_view, None, js=canvas.LOAD_JS, api_visibility="private", queue=False
     )
-    opacity.change(handlers.render_opacity, view_inputs, [overlay, layer_image], **render_options)
+    gr.on(
+        [layer.change, mode.change, opacity.change, cmap.change],
+        None,
+        browser_view,
+        caption,
+        js=canvas.STEP_JS,
+        api_visibility="private",
+        queue=False,
+    )
     cmap.change(
         handlers.render_colours,
         view_inputs,

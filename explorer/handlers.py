@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from explorer import render, share
+from explorer import canvas, render, share
 from explorer.guard import refusal as _user_error  # a user error: the app's own message
 from explorer.jobs import Run, Runs, Stopped
 from explorer.session import (
@@ -358,6 +358,12 @@ class Handlers:
         """After the layer view: the grid of every layer's map (the paper's Fig. 2)."""
         explanation, _, _, _, cmap = self._shown(key, image, None, None, None, cmap)
         return gr.skip() if explanation is None else render.layer_gallery(explanation, cmap)
+
+    def canvas_data(self, key: str | None, image: Photo = None) -> Any:
+        """After an explanation: what the page draws every view from, in the browser
+        (:func:`explorer.canvas.payload_json`); gr.skip() when there is nothing shown."""
+        explanation = self._shown(key, image, None, None, None, None).explanation
+        return gr.skip() if explanation is None else canvas.payload_json(explanation)
 
     def render_layer(
         self,
