@@ -6,10 +6,12 @@
 window.tgradCanvas = (() => {
   const state = {
     data: null, // the parsed payload
-    photo: null, // Uint8ClampedArray RGBA of the backdrop, once decoded
+    photo: null, // the backdrop's R, G, B (each value * 256: a row of the blend table)
     view: null, // {layer, mode, opacity, cmap} as last asked
     tables: {}, // colour map name -> Uint8Array(768)
     alone: [], // per position: {grid, values: Float32Array} (units of the robust scale)
+    indices: new Map(), // view -> its colour-table index per pixel
+    luts: new Map(), // colour map and opacity -> the blend tables
     partials: [], // per position: {grid, values} (the map's own units)
     generation: 0, // counts loads, so that a stale photo decode draws nothing
     drawn: 0, // frames drawn (for tests and the benchmark)
@@ -72,41 +74,91 @@ window.tgradCanvas = (() => {
     return out;
   };
 
-  // What the view shows, in [0, inf) units of its robust scale (clipped when coloured).
-  const unitMap = (position, cumulative) => {
-    const data = state.data;
-    const size = data.size;
-    if (!cumulative) return upsample(state.alone[position].values, state.alone[position].grid, size);
-    const latest = new Map(); // grid -> the partial at the last position <= k on it
-    for (let k = 0; k <= position; k++) latest.set(state.partials[k].grid.join('x'), state.partials[k]);
-    const [h, w] = data.input;
-    const sum = new Float32Array(h * w);
-    for (const partial of latest.values()) upsample(partial.values, partial.grid, data.input, sum);
-    const full = upsample(sum, data.input, size);
-    const scale = data.scale[position];
-    const inverse = scale > 0 ? 1 / scale : 0;
-    for (let i = 0; i < full.length; i++) full[i] *= inverse;
-    return full;
+  // The running sums on the model's input grid, one per position: each adds to the
+  // previous one its grid's new partial minus the one it replaces (upsampling is linear).
+  const runningSums = () => {
+    const data = state.data, [h, w] = data.input;
+    const sums = [], latest = new Map();
+    let total = new Float32Array(h * w);
+    for (let k = 0; k < data.positions; k++) {
+      const partial = state.partials[k], name = partial.grid.join('x');
+      const previous = latest.get(name);
+      const change = new Float32Array(partial.values);
+      if (previous) for (let i = 0; i < change.length; i++) change[i] -= previous.values[i];
+      latest.set(name, partial);
+      total = new Float32Array(total);
+      upsample(change, partial.grid, data.input, total);
+      sums.push(total);
+    }
+    return sums;
   };
 
-  const paint = (canvas, unit, opacity, table) => {
+  // The colour-table index of every pixel of a view (independent of the colour map and
+  // the opacity): upsampled to the backdrop, divided by the view's scale, clipped to
+  // [0, 1], floor(v * 256) clipped to 255. Cached per view.
+  const indexMap = (position, cumulative) => {
+    const key = (cumulative ? 'c' : 'a') + position;
+    if (state.indices.has(key)) return state.indices.get(key);
+    const data = state.data, size = data.size;
+    let full, factor = 256;
+    if (cumulative) {
+      state.sums ||= runningSums();
+      full = upsample(state.sums[position], data.input, size);
+      const scale = data.scale[position];
+      factor = scale > 0 ? 256 / scale : 0;
+    } else {
+      full = upsample(state.alone[position].values, state.alone[position].grid, size);
+    }
+    const index = new Uint8Array(full.length);
+    for (let i = 0; i < full.length; i++) {
+      const v = full[i] * factor;
+      index[i] = v >= 255 ? 255 : v > 0 ? v : 0; // Uint8Array truncates: floor for v >= 0
+    }
+    state.indices.set(key, index);
+    return index;
+  };
+
+  // (1 - a) * photo + a * colour in float32, rounded half to even as tgrad.viz.blend, for every photo value and table entry of one
+  // channel: lut[c][photo * 256 + entry]. Cached per colour map and opacity.
+  const blendTable = (cmap, opacity) => {
+    const key = cmap + ':' + opacity;
+    if (state.luts.has(key)) return state.luts.get(key);
+    const table = state.tables[cmap] || state.tables[Object.keys(state.tables)[0]];
+    const keep = Math.fround(1 - opacity), add = Math.fround(opacity);
+    const luts = [0, 1, 2].map((c) => {
+      const lut = new Uint8Array(65536);
+      for (let p = 0; p < 256; p++) {
+        const base = Math.fround(keep * p);
+        for (let e = 0; e < 256; e++) {
+          const x = Math.fround(base + Math.fround(add * table[e * 3 + c]));
+          const near = Math.round(x); // numpy rounds halves to even
+          lut[(p << 8) | e] = near - x === 0.5 && near % 2 === 1 ? near - 1 : near;
+        }
+      }
+      return lut;
+    });
+    if (state.luts.size > 8) state.luts.clear();
+    state.luts.set(key, luts);
+    return luts;
+  };
+
+  const paint = (canvas, index, cmap, opacity) => {
     const [H, W] = state.data.size;
     if (canvas.width !== W || canvas.height !== H) {
       canvas.width = W;
       canvas.height = H;
     }
     const context = canvas.getContext('2d');
-    const image = context.createImageData(W, H);
-    const out = image.data, photo = state.photo;
-    const keep = Math.fround(1 - opacity), add = Math.fround(opacity);
-    for (let i = 0, p = 0; i < unit.length; i++, p += 4) {
-      const v = unit[i];
-      const index = v >= 1 ? 255 : v > 0 ? Math.floor(v * 256) : 0;
-      const t = index * 3;
-      out[p] = Math.round(keep * photo[p] + add * table[t]);
-      out[p + 1] = Math.round(keep * photo[p + 1] + add * table[t + 1]);
-      out[p + 2] = Math.round(keep * photo[p + 2] + add * table[t + 2]);
-      out[p + 3] = 255;
+    if (!canvas.tgImage || canvas.tgImage.width !== W || canvas.tgImage.height !== H) {
+      canvas.tgImage = context.createImageData(W, H);
+    }
+    const image = canvas.tgImage;
+    const out = new Uint32Array(image.data.buffer);
+    const [r, g, b] = blendTable(cmap, opacity);
+    const [pr, pg, pb] = state.photo;
+    for (let i = 0; i < index.length; i++) {
+      const e = index[i];
+      out[i] = 0xff000000 | (b[pb[i] | e] << 16) | (g[pg[i] | e] << 8) | r[pr[i] | e];
     }
     context.putImageData(image, 0, 0);
   };
@@ -118,7 +170,8 @@ window.tgradCanvas = (() => {
     const img = element && element.querySelector('img');
     if (!img) return null;
     let canvas = element.querySelector('canvas.tg-canvas');
-    if (!canvas || canvas.parentElement !== img.parentElement) {
+    const fresh = !canvas || canvas.parentElement !== img.parentElement;
+    if (fresh) {
       if (canvas) canvas.remove();
       canvas = document.createElement('canvas');
       canvas.className = 'tg-canvas';
@@ -133,7 +186,7 @@ window.tgradCanvas = (() => {
       width: img.offsetWidth + 'px', height: img.offsetHeight + 'px',
       objectFit: style.objectFit, pointerEvents: 'none',
     });
-    return {canvas, img};
+    return {canvas, img, fresh};
   };
 
   const mirrors = {};
@@ -187,25 +240,54 @@ window.tgradCanvas = (() => {
     const data = state.data, view = state.view;
     if (!data || !state.photo || !view) return false;
     const start = performance.now();
-    const table = state.tables[view.cmap] || state.tables[Object.keys(state.tables)[0]];
+    const cmap = state.tables[view.cmap] ? view.cmap : Object.keys(state.tables)[0];
     const position = clampLayer(view.layer);
     const cumulative = view.mode === modes().cumulative;
+    const opacity = opacityOf(view.opacity);
+    const shown = [position, view.mode, opacity, cmap].join('|');
     const layer = canvasIn('layer-image');
-    if (layer) {
-      paint(layer.canvas, unitMap(position, cumulative), opacityOf(view.opacity), table);
+    if (layer && (shown !== state.shown || layer.fresh)) {
+      paint(layer.canvas, indexMap(position, cumulative), cmap, opacity);
       mirror('layer-image', layer.canvas, layer.img);
     }
     const overlay = canvasIn('overlay');
-    const opacity = opacityOf(view.opacity);
-    if (overlay && (!state.overlayDrawn || state.overlayDrawn !== view.cmap + ':' + opacity)) {
-      paint(overlay.canvas, unitMap(data.positions - 1, true), opacity, table);
+    if (overlay && (state.overlayDrawn !== cmap + ':' + opacity || overlay.fresh)) {
+      paint(overlay.canvas, indexMap(data.positions - 1, true), cmap, opacity);
       mirror('overlay', overlay.canvas, overlay.img);
-      state.overlayDrawn = view.cmap + ':' + opacity;
+      state.overlayDrawn = cmap + ':' + opacity;
     }
-    highlight(position, cumulative);
-    state.drawn += 1;
-    state.lastDraw = {layer: position, mode: view.mode, opacity, cmap: view.cmap, ms: performance.now() - start};
+    if (shown !== state.shown) {
+      highlight(position, cumulative);
+      state.drawn += 1;
+      state.lastDraw = {layer: position, mode: view.mode, opacity, cmap, ms: performance.now() - start};
+    }
+    state.shown = shown;
     return true;
+  };
+
+  // the slider's own input event draws at once (Gradio's change event follows, for the
+  // caption, and finds the view drawn)
+  const follow = () => {
+    const input = document.querySelector('#layer-slider input[type=range]');
+    if (!input || input.dataset.tgFollowed) return;
+    input.dataset.tgFollowed = '1';
+    input.addEventListener('input', () => {
+      if (!state.view) return;
+      state.view = {...state.view, layer: Number(input.value)};
+      draw();
+    });
+  };
+
+  // the other views, computed while the page is idle, so that a step only paints
+  const prefetch = (generation) => {
+    const pending = [];
+    for (let k = 0; k < state.data.positions; k++) pending.push([k, false], [k, true]);
+    const work = (deadline) => {
+      if (generation !== state.generation) return;
+      while (pending.length && deadline.timeRemaining() > 4) indexMap(...pending.shift());
+      if (pending.length) requestIdleCallback(work);
+    };
+    requestIdleCallback(work);
   };
 
   const caption = () => {
@@ -225,6 +307,10 @@ window.tgradCanvas = (() => {
     state.data = data;
     state.photo = null;
     state.overlayDrawn = null;
+    state.shown = null;
+    state.sums = null;
+    state.indices = new Map();
+    state.luts = new Map();
     state.tables = {};
     for (const [name, table] of Object.entries(data.cmaps)) state.tables[name] = bytes(table);
     state.alone = data.alone.map(decode);
@@ -238,8 +324,15 @@ window.tgradCanvas = (() => {
       scratch.height = H;
       const context = scratch.getContext('2d');
       context.drawImage(picture, 0, 0);
-      state.photo = context.getImageData(0, 0, W, H).data;
+      const rgba = context.getImageData(0, 0, W, H).data;
+      const channels = [0, 1, 2].map(() => new Uint16Array(W * H));
+      for (let i = 0; i < W * H; i++) {
+        for (let c = 0; c < 3; c++) channels[c][i] = rgba[i * 4 + c] << 8; // the blend's row
+      }
+      state.photo = channels;
+      follow();
       draw();
+      prefetch(generation);
     };
     picture.src = data.photo;
     return [];
