@@ -361,7 +361,18 @@ window.tgradCanvas = (() => {
       }).observe(element, {childList: true, subtree: true});
     }
   };
+  // the layer grid's pictures load when they arrive, not when a step's highlight
+  // brings them near the viewport: a step never fetches anything
+  const eager = () => {
+    const grid = document.getElementById('layer-grid');
+    if (!grid || grid.dataset.tgEager) return;
+    grid.dataset.tgEager = '1';
+    const load = () => grid.querySelectorAll('img[loading="lazy"]').forEach((img) => { img.loading = 'eager'; });
+    new MutationObserver(load).observe(grid, {childList: true, subtree: true});
+    load();
+  };
   watch();
+  eager();
   const style = document.createElement('style');
   style.textContent = '#layer-grid .thumbnail-item.tg-here { outline: 3px solid #ff7f0e; outline-offset: -3px; }';
   document.head.appendChild(style);
