@@ -290,9 +290,7 @@ def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     for path in (str(places["outside"] / "secret.jpg"), "/etc/hostname", "/etc", "/dev/zero"):
         event, payload = call(client, "explain", [{"path": path}, DEFAULT_MODEL, None, 0.5])
         assert event == "error" and payload["error"] == UNUSABLE, path
-    done = join(
-        client, demo, "render_layer", ["", 0, render.ALONE, 0.5, {"path": "/etc/hostname"}, None]
-    )
+    done = join(client, demo, "canvas_data", ["", {"path": "/etc/hostname"}])
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     # a bundled photo is still fine
     event, payload = call(client, "explain", [{"path": str(PHOTOS["coffee"])}, None, None, 0.5])
