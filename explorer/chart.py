@@ -95,6 +95,21 @@ element.addEventListener('click', (event) => {
 ``select`` event (the handler checks it like any other value from the page)."""
 
 
+def chart_caption(explanation: Explanation, position: int) -> str:
+    """The chart's caption (HTML): the logit, its terms and the gap, the term at slider
+    ``position`` (highlighted) with its value and share, and what shares are of."""
+    terms = explanation.result.terms
+    current = explanation.term_indices[position]
+    value = float(terms[current].contribution[0])
+    return (
+        f"Logit {explanation.logit:.3f} = sum of {len(terms)} terms (completeness gap "
+        f"{explanation.gap:.1e}). Highlighted: <b>{term_html(explanation, current)}</b>, "
+        f"{value:+.3f} logit units ({share_text(explanation, value)}). Shares are of the sum "
+        f"of the absolute sizes of all terms, {explanation.total_size:.3f}, which stays "
+        "meaningful when the logit is small or negative."
+    )
+
+
 def chart_html(explanation: Explanation, position: int, mode: str | None) -> str:
     """One bar per term of the logit, the term at ``position`` highlighted, as HTML.
 
@@ -108,6 +123,7 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
     values = [float(t.contribution[0]) for t in terms]
     logit = explanation.logit
     current = explanation.term_indices[position]
+    caption = chart_caption(explanation, position)
     cumulative = is_cumulative(mode)
     top = max(0.0, *values)
     bottom = min(0.0, *values)
@@ -147,16 +163,8 @@ def chart_html(explanation: Explanation, position: int, mode: str | None) -> str
             f"<td>{value:+.4f}</td><td>{share_text(explanation, value)}</td></tr>"
         )
 
-    term = terms[current]
     value = values[current]
     spatial = explanation.positions
-    caption = (
-        f"Logit {logit:.3f} = sum of {len(terms)} terms (completeness gap "
-        f"{explanation.gap:.1e}). Highlighted: <b>{term_html(explanation, current)}</b>, "
-        f"{value:+.3f} logit units ({share_text(explanation, value)}). Shares are of the sum "
-        f"of the absolute sizes of all terms, {explanation.total_size:.3f}, which stays "
-        "meaningful when the logit is small or negative."
-    )
     label = (
         f"Bar chart of the {len(terms)} terms of the logit {logit:.3f}: the input term, "
         f"{spatial - 1} layer terms and {len(terms) - spatial} terms without a map. "

@@ -45,9 +45,10 @@ def free_port() -> int:
 
 
 def start_app(
-    log_path: os.PathLike, extra_env: dict[str, str] | None = None
+    log_path: os.PathLike, extra_env: dict[str, str] | None = None, cwd: os.PathLike = ROOT
 ) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` on a free port; returns the process and its URL once it answers."""
+    """``python app.py`` (of the tree at ``cwd``) on a free port; returns the process and
+    its URL once it answers."""
     port = free_port()
     env = dict(
         os.environ,
@@ -61,7 +62,7 @@ def start_app(
     )
     with open(log_path, "w") as log:  # the child keeps its own copy of the handle
         process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "app.py"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90

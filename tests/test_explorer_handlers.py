@@ -49,6 +49,18 @@ def coffee(handlers):
     return handlers.explain(str(PHOTOS["coffee"]), DEFAULT_MODEL, TOP1, 0.5)
 
 
+def layer_view(handlers: Handlers, *view_args) -> tuple:
+    """(layer overlay, caption, chart) at a slider position, as the server draws them
+    after an explanation (``show_layers``; the page's slider steps redraw them in the
+    browser from the same numbers, tests/test_explorer_canvas*.py)."""
+    return handlers.show_layers(*view_args)[1:4]
+
+
+def overlays(handlers: Handlers, *view_args) -> tuple:
+    """(saliency overlay, layer overlay) at a view, as the server draws them."""
+    return handlers.render_colours(*view_args)[2:4]
+
+
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
@@ -107,14 +119,14 @@ def test_decomposition_sums_to_the_logit(coffee):
 def test_overlay_differs_between_layers(handlers, coffee):
     key = coffee[3]
     computed = handlers.session.computed
-    first = handlers.render_layer(key, 0, view.ALONE, 0.5)[0]
+    first = layer_view(handlers, key, 0, view.ALONE, 0.5)[0]
     positions = [5, 20, 35, 49]
     for position in positions:
-        other = handlers.render_layer(key, position, view.ALONE, 0.5)[0]
+        other = layer_view(handlers, key, position, view.ALONE, 0.5)[0]
         assert other.shape == first.shape
         assert mean_abs_diff(first, other) > 5.0, position
     # the aggregate builds up: an early prefix differs from the full map
-    early = handlers.render_layer(key, 3, view.CUMULATIVE, 0.5)[0]
+    early = layer_view(handlers, key, 3, view.CUMULATIVE, 0.5)[0]
     assert mean_abs_diff(early, coffee[0]) > 2.0
     assert handlers.session.computed == computed  # moving the slider never recomputes
 
@@ -122,7 +134,7 @@ def test_overlay_differs_between_layers(handlers, coffee):
 def test_everything_up_to_the_last_layer_is_the_full_overlay(handlers, coffee):
     overlay, _, _, key = coffee
     last = handlers.session.lookup(key).positions - 1
-    image, caption, _ = handlers.render_layer(key, last, view.CUMULATIVE, 0.5)
+    image, caption, _ = layer_view(handlers, key, last, view.CUMULATIVE, 0.5)
     np.testing.assert_array_equal(image, overlay)
     assert "full T-Grad map" in caption
 
@@ -131,7 +143,7 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
     assert explanation.positions == 50  # input + 49 layer maps for Lite0
-    _, caption, chart = handlers.render_layer(key, 10, view.ALONE, 0.5)
+    _, caption, chart = layer_view(handlers, key, 10, view.ALONE, 0.5)
     term = explanation.spatial_terms[10]
     assert f"Position 10 / {explanation.positions - 1}" in caption
     # a student reads the block, the operation and the size; the module path is a tooltip
@@ -147,7 +159,7 @@ def test_caption_names_position_layer_grid_and_share(handlers, coffee):
 def test_chart_has_one_bar_per_term_and_one_highlight(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
-    chart = handlers.render_layer(key, 7, view.CUMULATIVE, 0.5)[2]
+    chart = layer_view(handlers, key, 7, view.CUMULATIVE, 0.5)[2]
     terms = explanation.result.terms
     assert chart.count('class="tg-col"') == len(terms)
     assert chart.count("tg-cur") == 1 + 1  # the bar and its legend key
@@ -180,19 +192,19 @@ def test_show_layers_sizes_the_slider(handlers, coffee):
 
 def test_slider_values_are_clamped(handlers, coffee):
     key = coffee[3]
-    low = handlers.render_layer(key, -4, view.ALONE, 0.5)
-    zero = handlers.render_layer(key, 0, view.ALONE, 0.5)
+    low = layer_view(handlers, key, -4, view.ALONE, 0.5)
+    zero = layer_view(handlers, key, 0, view.ALONE, 0.5)
     np.testing.assert_array_equal(low[0], zero[0])
-    high = handlers.render_layer(key, 3.0 + 1e3, view.ALONE, 0.5)
+    high = layer_view(handlers, key, 3.0 + 1e3, view.ALONE, 0.5)
     assert "Position 49 / 49" in high[1]
 
 
 def test_opacity(handlers, coffee):
     key = coffee[3]
     explanation = handlers.session.lookup(key)
-    clear, _ = handlers.render_opacity(key, 0, view.ALONE, 0.0)
+    clear, _ = overlays(handlers, key, 0, view.ALONE, 0.0)
     np.testing.assert_array_equal(clear, explanation.backdrop)
-    strong, layer = handlers.render_opacity(key, 0, view.ALONE, 1.0)
+    strong, layer = overlays(handlers, key, 0, view.ALONE, 1.0)
     assert mean_abs_diff(strong, explanation.backdrop) > 20
     assert layer.shape == strong.shape
 
@@ -314,14 +326,14 @@ def test_no_photo(handlers):
 @pytest.mark.parametrize("state", ["", None, "no-such-key"])
 def test_empty_state(handlers, coffee, state):
     # nothing to show and nothing to recompute from: nothing changes
-    assert handlers.render_layer(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 3
-    assert handlers.render_opacity(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 2
+    assert layer_view(handlers, state, 3, view.ALONE, 0.5) == (gr.skip(),) * 3
+    assert overlays(handlers, state, 3, view.ALONE, 0.5) == (gr.skip(),) * 2
     assert handlers.show_layers(state, 3, view.ALONE, 0.5) == (gr.skip(),) * 6
     assert handlers.show_grid(state) == gr.skip()
     # with the photo at hand (cached examples), the top-1 explanation is shown
     photo = str(PHOTOS["coffee"])
-    image, caption, _ = handlers.render_layer(state, 3, view.ALONE, 0.5, photo)
-    expected = handlers.render_layer(coffee[3], 3, view.ALONE, 0.5)[0]
+    image, caption, _ = layer_view(handlers, state, 3, view.ALONE, 0.5, photo)
+    expected = layer_view(handlers, coffee[3], 3, view.ALONE, 0.5)[0]
     np.testing.assert_array_equal(image, expected)
     assert "Position 3" in caption
 
@@ -340,7 +352,7 @@ def test_evicted_state_is_recomputed_for_the_same_photo_only(tmp_path):
     assert session.lookup(key) is not None
     # a new photo was uploaded but not explained yet: nothing is redrawn
     handlers.explain(str(PHOTOS["rocket"]))
-    skipped = handlers.render_layer(key, 2, view.ALONE, 0.5, str(PHOTOS["chelsea"]))
+    skipped = layer_view(handlers, key, 2, view.ALONE, 0.5, str(PHOTOS["chelsea"]))
     assert skipped == (gr.skip(),) * 3
 
 
@@ -441,7 +453,7 @@ def test_shares_stay_meaningful_for_a_negative_logit(handlers):
     assert decomposition["logit"] < 0
     assert all(-1 <= row["share"] <= 1 for row in decomposition["terms"])
     for position in range(0, 50, 7):
-        caption = handlers.render_layer(key, position, view.ALONE, 0.5)[1]
+        caption = layer_view(handlers, key, position, view.ALONE, 0.5)[1]
         assert "of the logit" not in caption
         percent = float(caption.split(" = ")[1].split("%")[0])
         assert -100 <= percent <= 100
@@ -453,8 +465,8 @@ def test_a_term_lowering_the_logit_has_the_right_caption_in_each_mode(handlers, 
     lowering = next(
         i for i, t in enumerate(explanation.spatial_terms) if float(t.contribution[0]) < 0
     )
-    alone = handlers.render_layer(key, lowering, view.ALONE, 0.5)[1]
-    upto = handlers.render_layer(key, lowering, view.CUMULATIVE, 0.5)[1]
+    alone = layer_view(handlers, key, lowering, view.ALONE, 0.5)[1]
+    upto = layer_view(handlers, key, lowering, view.CUMULATIVE, 0.5)[1]
     assert "adds nothing to the T-Grad map" in alone
     assert "adds nothing" not in upto and "same as at the previous position" in upto
     # and it is true: the running total does not change at that position
@@ -463,7 +475,7 @@ def test_a_term_lowering_the_logit_has_the_right_caption_in_each_mode(handlers, 
 
 
 def test_the_zero_label_sits_on_the_zero_line(handlers, coffee):
-    chart = handlers.render_layer(coffee[3], 3, view.ALONE, 0.5)[2]
+    chart = layer_view(handlers, coffee[3], 3, view.ALONE, 0.5)[2]
     line = re.search(r'class="tg-zero" style="bottom:([0-9.]+)%"', chart).group(1)
     label = re.search(r'class="tg-zero-label" style="bottom:([0-9.]+)%"', chart).group(1)
     assert label == line and 0 < float(line) < 100  # Lite0's espresso has terms of both signs

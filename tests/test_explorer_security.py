@@ -139,14 +139,13 @@ def test_every_photo_event_uses_the_gate(handlers, places):
     with pytest.raises(gr.Error, match=UNUSABLE_RE):
         handlers.explain_if_photo(outside, DEFAULT_MODEL, None, 0.5)
     # the private render events recompute from the photo when the key is unknown
-    for event, outputs in (
-        (handlers.render_layer, 3),
-        (handlers.render_opacity, 2),
-        (handlers.show_layers, 6),
-    ):
+    with pytest.raises(gr.Error, match=UNUSABLE_RE):
+        handlers.show_layers("", 0, ALONE, 0.5, outside)
+    assert handlers.show_layers("", 0, ALONE, 0.5, None) == (gr.skip(),) * 6
+    for event in (handlers.canvas_data, handlers.show_grid):
         with pytest.raises(gr.Error, match=UNUSABLE_RE):
-            event("", 0, ALONE, 0.5, outside)
-        assert event("", 0, ALONE, 0.5, None) == (gr.skip(),) * outputs
+            event("", outside)
+        assert event("", None) == gr.skip()
     assert handlers.session.computed == computed
 
 
@@ -162,16 +161,16 @@ def test_non_numeric_view_values_are_user_errors(handlers, value):
     with pytest.raises(gr.Error, match="opacity must be a number from 0 to 1"):
         handlers.explain(photo, DEFAULT_MODEL, None, value)
     with pytest.raises(gr.Error, match="opacity must be a number"):
-        handlers.render_opacity("", 0, ALONE, value, photo)
+        handlers.render_colours("", 0, ALONE, value, photo)
     with pytest.raises(gr.Error, match="layer position must be a number"):
-        handlers.render_layer("", value, ALONE, 0.5, photo)
+        handlers.show_layers("", value, ALONE, 0.5, photo)
 
 
 def test_view_mode_and_model_must_be_known_choices(handlers):
     photo = str(BUNDLED_PHOTOS[0])
     hostile = "<script>" + "x" * 10_000
     with pytest.raises(gr.Error) as caught:
-        handlers.render_layer("", 0, hostile, 0.5, photo)
+        handlers.show_layers("", 0, hostile, 0.5, photo)
     assert "<script>" not in str(caught.value) and len(str(caught.value)) < 200
     with pytest.raises(gr.Error) as caught:
         handlers.explain(photo, hostile, None, 0.5)
@@ -233,11 +232,11 @@ def test_explanation_work_is_limited_process_wide(places):
     def explain(index):
         handlers.explain(photos[index], "slow", None, 0.5)
 
-    def render_layer(index):  # a private event with an unknown key recomputes
-        handlers.render_layer(keys[index], 0, ALONE, 0.5, photos[index])
+    def show_layers(index):  # a private event with an unknown key recomputes
+        handlers.show_layers(keys[index], 0, ALONE, 0.5, photos[index])
 
     jobs = [threading.Thread(target=explain, args=(i,)) for i in range(3)]
-    jobs += [threading.Thread(target=render_layer, args=(i,)) for i in range(3, 6)]
+    jobs += [threading.Thread(target=show_layers, args=(i,)) for i in range(3, 6)]
     for job in jobs:
         job.start()
     for job in jobs:
@@ -292,7 +291,7 @@ def test_raw_api_cannot_read_files_outside_the_uploads(server, places):
     for path in (str(places["outside"] / "secret.jpg"), "/etc/hostname", "/etc", "/dev/zero"):
         event, payload = call(client, "explain", [{"path": path}, DEFAULT_MODEL, None, 0.5])
         assert event == "error" and payload["error"] == UNUSABLE, path
-    done = join(client, demo, "render_layer", ["", 0, ALONE, 0.5, {"path": "/etc/hostname"}, None])
+    done = join(client, demo, "canvas_data", ["", {"path": "/etc/hostname"}])
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     # a bundled photo is still fine
     event, payload = call(client, "explain", [{"path": str(PHOTOS["coffee"])}, None, None, 0.5])
@@ -498,7 +497,7 @@ def test_a_payload_with_a_url_is_never_resolved_or_fetched(server, monkeypatch):
     for payload in payloads:
         event, answer = call(client, "explain", [payload, None, None, 0.5])
         assert event == "error" and answer["error"] == UNUSABLE, payload
-    done = join(client, demo, "render_layer", ["", 0, ALONE, 0.5, payloads[1], None])
+    done = join(client, demo, "canvas_data", ["", payloads[1]])
     assert not done["success"] and done["output"]["error"] == UNUSABLE
     assert not any("tgrad-test" in str(host) for host in looked_up)
 

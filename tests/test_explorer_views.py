@@ -65,8 +65,9 @@ def test_the_colour_map_changes_every_picture_and_says_which_it_is(handlers, cof
     assert (default[3].reshape(-1, 3) == top["viridis"]).all(axis=1).any()
     assert len(grid) == len(default[4]) == 50
     # the other views follow the colour map they are given
-    assert np.array_equal(handlers.render_layer(coffee, 5, ALONE, 1.0, None, "jet")[0], layer)
-    assert np.array_equal(handlers.render_opacity(coffee, 5, ALONE, 1.0, None, "jet")[0], overlay)
+    assert np.array_equal(handlers.show_layers(coffee, 5, ALONE, 1.0, None, "jet")[1], layer)
+    saliency = handlers.show_layers(coffee, 5, ALONE, 1.0, None, "jet")[5]["value"]
+    assert np.array_equal(saliency, overlay)
 
 
 def _one():

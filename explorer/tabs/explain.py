@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from explorer import widgets
+from explorer import canvas, widgets
 from explorer.chart import CHART_CSS, CHART_JS
 from explorer.draw import COLOUR_SCALE
 from explorer.events import BUNDLED_PHOTOS
@@ -224,6 +224,7 @@ def build(
             )
             decomposition = gr.JSON(label="Decomposition", elem_id="decomposition")
         query = gr.Textbox(visible=False, elem_id="view-query")
+        drawing = gr.Textbox(visible=False, elem_id="canvas-data")  # explorer.canvas
         requested = gr.State(0)
 
     for picture in (overlay, layer_image, gallery):  # sent on every step: encode fast
@@ -257,7 +258,8 @@ def build(
     def show(explained: Any, position: Any = layer) -> None:
         """After an explanation: the layer view (slider at ``position``), then the grid."""
         inputs = [key, position, mode, opacity, image, cmap]
-        explained.success(handlers.show_layers, inputs, layer_outputs, **private).success(
+        drawn = explained.success(handlers.canvas_data, [key, image], drawing, **private)
+        drawn.success(handlers.show_layers, inputs, layer_outputs, **private).success(
             handlers.show_grid, grid_inputs, gallery, **private
         )
 
@@ -292,14 +294,20 @@ def build(
     explain_and_show(target.submit(*check, **private))
     explain_and_show(top5.select(handlers.pick_target, None, target, **private))
     explain_and_show(examples.load_input_event)  # a bundled photo is explained on click
-    gr.on(
-        [layer.change, mode.change],
-        handlers.render_layer,
-        view_inputs,
-        [layer_image, caption, chart],
-        **render_options,
+    # every view step is drawn in the browser from the explanation's drawing data
+    browser_view = [drawing, layer, mode, opacity, cmap]
+    drawing.change(
+        None, browser_view, None, js=canvas.LOAD_JS, api_visibility="private", queue=False
     )
-    opacity.change(handlers.render_opacity, view_inputs, [overlay, layer_image], **render_options)
+    gr.on(
+        [layer.change, mode.change, opacity.change, cmap.change],
+        None,
+        browser_view,
+        caption,
+        js=canvas.STEP_JS,
+        api_visibility="private",
+        queue=False,
+    )
     cmap.change(
         handlers.render_colours,
         view_inputs,

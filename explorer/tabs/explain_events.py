@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import api, share
+from explorer import api, canvas, share
 from explorer.cache import download_report
 from explorer.chart import chart_html
 from explorer.draw import colour_scale
@@ -131,24 +131,11 @@ class ExplainEvents(Events):
         explanation, _, view = self.shown(key, image, View.checked(cmap=cmap))
         return gr.skip() if explanation is None else draw.layer_gallery(explanation, view.cmap)
 
-    @view_event
-    def render_layer(self, shown: Shown) -> tuple[Any, ...]:
-        """Layer slider or mode moved: (layer overlay, caption, chart)."""
-        explanation, index, view = shown
-        if explanation is None:
-            return (gr.skip(),) * 3
-        return self._layer_view(explanation, index, view)
-
-    @view_event
-    def render_opacity(self, shown: Shown) -> tuple[Any, ...]:
-        """Opacity moved: (saliency overlay, layer overlay)."""
-        explanation, index, view = shown
-        if explanation is None:
-            return (gr.skip(),) * 2
-        return (
-            draw.saliency_overlay(explanation, view.opacity, view.cmap),
-            draw.layer_overlay(explanation, index, view.mode, view.opacity, view.cmap),
-        )
+    def canvas_data(self, key: str | None, image: Photo = None) -> Any:
+        """After an explanation: what the page draws every view from, in the browser
+        (:func:`explorer.canvas.payload_json`); gr.skip() when there is nothing shown."""
+        explanation = self.cached(key if isinstance(key, str) else None, image)
+        return gr.skip() if explanation is None else canvas.payload_json(explanation)
 
     @view_event
     def render_colours(self, shown: Shown) -> tuple[Any, ...]:
