@@ -454,6 +454,9 @@ def test_an_example_explains_on_click_and_a_typed_class_must_be_exact(page):
         "() => document.querySelector('#summary')?.innerText.includes('Explaining')"
     )
     summary = page.locator("#summary").inner_text()
+    # the browser redraws the overlay from the canvas payload and mirrors it into the
+    # <img> as a blob (explorer/canvas.js): wait for that, the picture the page then keeps
+    page.wait_for_function("() => document.querySelector('#overlay img')?.src.startsWith('blob:')")
     overlay = src(page, "#overlay img")
     assert "← explained" in page.locator("#top5").inner_text()
 
