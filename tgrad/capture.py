@@ -47,6 +47,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 
 from tgrad.checks import Target, check_input, check_matches, check_model, resolve_target
 from tgrad.precision import exact_float32
@@ -240,20 +244,29 @@ def capture(
         return None if rule is None else grad  # None: the gradient passes on unchanged
 
     def enter(module: nn.Module, inputs: tuple) -> None:
-        if threading.get_ident() == owner:
+        if threading.get_ident() == owner and module in ops.names:
             ops.enter(module)
 
     def leave(module: nn.Module, inputs: tuple, output: Any) -> None:
-        if threading.get_ident() == owner:
+        if threading.get_ident() == owner and module in ops.names:
             ops.leave()
+        if module in names:
+            on_forward(module, inputs, output)
 
+    def forward_only(module: nn.Module, inputs: tuple, output: Any) -> None:
+        if module in names:
+            on_forward(module, inputs, output)
+
+    # Two process-wide module hooks rather than one or two per module: registering
+    # hundreds of handles per pass costs more than the model's small layers. They see
+    # every module call of every thread; ``owner`` and ``names`` filter them.
     handles = []
     try:
-        handles += [m.register_forward_hook(on_forward) for m in names]
-        if ops is not None:  # the module stack, for naming the module that runs an operation
-            for m in ops.names:
-                handles.append(m.register_forward_pre_hook(enter))
-                handles.append(m.register_forward_hook(leave))
+        if ops is None:
+            handles.append(register_module_forward_hook(forward_only))
+        else:  # the module stack, for naming the module that runs an operation
+            handles.append(register_module_forward_pre_hook(enter))
+            handles.append(register_module_forward_hook(leave))
         with torch.set_grad_enabled(gradients), exact_float32(x.device):
             x_in = x.detach().requires_grad_(gradients)
             if ops is None:
